@@ -1,0 +1,1 @@
+"""Stateless round-robin HTTP/TCP load balancer (see docs/balancer.md)."""

@@ -1,0 +1,1 @@
+"""Shared session store and HTTP session service for stateless PHP web nodes."""
