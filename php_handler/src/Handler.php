@@ -1,0 +1,683 @@
+<?php
+
+declare(strict_types=1);
+
+namespace SessionService;
+
+/**
+ * PHP session save handler that keeps $_SESSION in the session service
+ * (docs/api.md), so any number of stateless web nodes share sessions.
+ *
+ * It follows PHP's own session contract as the files handler does:
+ *  - exclusive lock from session_start() to session_write_close() (or the end
+ *    of the request, including after a fatal error; the lease covers a crash);
+ *  - read() of a new session returns '' (false only for a real failure);
+ *  - validateId() for session.use_strict_mode (it takes the lock and reads,
+ *    and read() then reuses that result, so strict mode costs no extra call);
+ *  - updateTimestamp() for session.lazy_write (touch instead of write);
+ *  - destroy() for session_destroy() and session_regenerate_id(true);
+ *  - session.gc_maxlifetime is the ttl of every write; gc() is left to the
+ *    service and reports 0.
+ *
+ * Every failure returns false and writes one specific line to the error log
+ * naming the URL, the HTTP status and the service's error/detail. The raw
+ * session id is never logged, only a short SHA-256 prefix.
+ */
+final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestampHandlerInterface
+{
+    public const LOCK_EXCLUSIVE = 'exclusive';
+    public const LOCK_NONE = 'none';
+    public const ON_UNAVAILABLE_FAIL = 'fail';
+    public const ON_UNAVAILABLE_EMPTY = 'empty';
+    public const ON_LOCK_TIMEOUT_FAIL = 'fail';
+    public const ON_LOCK_TIMEOUT_READONLY = 'readonly';
+
+    /** option name => [environment variable, default] */
+    public const OPTIONS = [
+        'url' => ['SESSION_SERVICE_URL', 'http://127.0.0.1:7070'],
+        'token' => ['SESSION_SERVICE_TOKEN', ''],
+        'connect_timeout_ms' => ['SESSION_SERVICE_CONNECT_TIMEOUT_MS', 1000],
+        'timeout_ms' => ['SESSION_SERVICE_TIMEOUT_MS', 5000],
+        'lock' => ['SESSION_SERVICE_LOCK', self::LOCK_EXCLUSIVE],
+        'lock_wait_ms' => ['SESSION_SERVICE_LOCK_WAIT_MS', 5000],
+        'lock_lease_ms' => ['SESSION_SERVICE_LOCK_LEASE_MS', 30000],
+        'on_unavailable' => ['SESSION_SERVICE_ON_UNAVAILABLE', self::ON_UNAVAILABLE_FAIL],
+        'on_lock_timeout' => ['SESSION_SERVICE_ON_LOCK_TIMEOUT', self::ON_LOCK_TIMEOUT_FAIL],
+        'format' => ['SESSION_SERVICE_FORMAT', 'auto'],
+    ];
+
+    private const SID_PATTERN = '/^[A-Za-z0-9,-]{22,256}$/D';
+
+    /** @var list<string> */
+    private array $urls;
+    private string $token;
+    private int $connectTimeoutMs;
+    private int $timeoutMs;
+    private string $lockMode;
+    private int $lockWaitMs;
+    private int $lockLeaseMs;
+    private string $onUnavailable;
+    private string $onLockTimeout;
+    private bool $msgpack;
+
+    /** The one curl handle of this request (keep-alive between lock and write). */
+    private ?\CurlHandle $curl = null;
+    /** Index in $urls of the service currently used (moves on when one is unreachable). */
+    private int $urlIndex = 0;
+
+    // State of the session being handled. It follows the id: it is (re)set by
+    // read()/validateId() and checked against the id given to write(),
+    // updateTimestamp(), destroy() (PHP calls destroy(old) then read(new) in
+    // session_regenerate_id(true)).
+    private ?string $sid = null;
+    /** Fencing token of the lock held on $sid, if any. */
+    private ?string $lock = null;
+    /** $sid did not exist when it was read. */
+    private bool $isNew = false;
+    /** The lock of $sid was not obtained: the data is served read-only. */
+    private bool $readOnly = false;
+    /** The service was unavailable under on_unavailable=empty: never write in this request. */
+    private bool $degraded = false;
+
+    /** Result of validateId()'s lock-and-read, handed to the read() that follows. */
+    private ?string $prefetchId = null;
+    private string|false $prefetchData = false;
+
+    /**
+     * @param array<string, mixed> $options see self::OPTIONS; each falls back to its
+     *                                      environment variable, then to its default
+     */
+    public function __construct(array $options = [])
+    {
+        foreach (array_keys($options) as $name) {
+            if (!isset(self::OPTIONS[$name])) {
+                throw new \InvalidArgumentException(sprintf('session-service: unknown option "%s"', $name));
+            }
+        }
+        $get = static function (string $name) use ($options): mixed {
+            if (array_key_exists($name, $options) && null !== $options[$name]) {
+                return $options[$name];
+            }
+            [$env, $default] = self::OPTIONS[$name];
+            $value = getenv($env);
+
+            return false === $value || '' === $value ? $default : $value;
+        };
+
+        $urls = $get('url');
+        $urls = is_array($urls) ? $urls : explode(',', (string) $urls);
+        $this->urls = [];
+        foreach ($urls as $url) {
+            $url = rtrim(trim((string) $url), '/');
+            if ('' === $url) {
+                continue;
+            }
+            if (!preg_match('~^https?://~i', $url)) {
+                throw new \InvalidArgumentException(sprintf('session-service: url "%s" must start with http:// or https://', $url));
+            }
+            $this->urls[] = $url;
+        }
+        if (!$this->urls) {
+            throw new \InvalidArgumentException('session-service: no service url given (option "url" or SESSION_SERVICE_URL)');
+        }
+        $this->token = (string) $get('token');
+        $this->connectTimeoutMs = self::intOption('connect_timeout_ms', $get('connect_timeout_ms'), 1);
+        $this->timeoutMs = self::intOption('timeout_ms', $get('timeout_ms'), 1);
+        $this->lockMode = self::choice('lock', $get('lock'), [self::LOCK_EXCLUSIVE, self::LOCK_NONE]);
+        $this->lockWaitMs = self::intOption('lock_wait_ms', $get('lock_wait_ms'), 0);
+        $this->lockLeaseMs = self::intOption('lock_lease_ms', $get('lock_lease_ms'), 100);
+        $this->onUnavailable = self::choice('on_unavailable', $get('on_unavailable'), [self::ON_UNAVAILABLE_FAIL, self::ON_UNAVAILABLE_EMPTY]);
+        $this->onLockTimeout = self::choice('on_lock_timeout', $get('on_lock_timeout'), [self::ON_LOCK_TIMEOUT_FAIL, self::ON_LOCK_TIMEOUT_READONLY]);
+        $format = self::choice('format', $get('format'), ['auto', 'msgpack', 'json']);
+        if ('msgpack' === $format && !\function_exists('msgpack_unpack')) {
+            throw new \InvalidArgumentException('session-service: format "msgpack" needs ext-msgpack');
+        }
+        $this->msgpack = 'json' !== $format && \function_exists('msgpack_unpack');
+    }
+
+    /**
+     * Creates a handler and registers it with session_set_save_handler(..., true).
+     *
+     * @param array<string, mixed> $options
+     */
+    public static function register(array $options = []): self
+    {
+        $handler = new self($options);
+        if (!session_set_save_handler($handler, true)) {
+            throw new \RuntimeException('session-service: session_set_save_handler() failed (is a session already active?)');
+        }
+
+        return $handler;
+    }
+
+    public function open(string $path, string $name): bool
+    {
+        return true;
+    }
+
+    public function close(): bool
+    {
+        $this->prefetchId = null;
+        $this->prefetchData = false;
+        if (null !== $this->sid && null !== $this->lock) {
+            $this->release($this->sid, $this->lock);
+        }
+        $this->resetState(null);
+
+        return true;
+    }
+
+    public function validateId(string $id): bool
+    {
+        if (!preg_match(self::SID_PATTERN, $id)) {
+            return false; // the service would refuse it; PHP makes a fresh id
+        }
+        $data = $this->acquire($id);
+        if (false === $data || $this->readOnly || $this->degraded) {
+            // Failure: keep the id so that read() reports the failure (or, under
+            // on_unavailable=empty, so that the stored session is still reachable later).
+            $this->prefetchId = $id;
+            $this->prefetchData = $data;
+
+            return true;
+        }
+        if ($this->isNew) {
+            // Unknown id (forged, or expired): let go of it, PHP makes a fresh one.
+            if (null !== $this->lock) {
+                $this->release($id, $this->lock);
+            }
+            $this->resetState(null);
+
+            return false;
+        }
+        $this->prefetchId = $id;
+        $this->prefetchData = $data;
+
+        return true;
+    }
+
+    public function read(string $id): string|false
+    {
+        if (null !== $this->prefetchId) {
+            $prefetchId = $this->prefetchId;
+            $data = $this->prefetchData;
+            $this->prefetchId = null;
+            $this->prefetchData = false;
+            if ($prefetchId === $id) {
+                return $data;
+            }
+        }
+        if (null !== $this->sid && $this->sid !== $id && null !== $this->lock) {
+            $this->release($this->sid, $this->lock);
+        }
+
+        return $this->acquire($id);
+    }
+
+    public function write(string $id, string $data): bool
+    {
+        if ($this->degraded) {
+            return true; // on_unavailable=empty: never overwrite the stored session (logged at read)
+        }
+        $mine = $this->sid === $id;
+        if ($mine && $this->readOnly) {
+            self::log(sprintf('%s: the lock was not obtained, so the changes of this request are discarded (session served read-only)', self::label($id)));
+            $this->resetState(null);
+
+            return true;
+        }
+        if ($mine && $this->isNew && '' === $data) {
+            // An empty new session is not stored (nothing to keep); just let go of its lock.
+            if (null !== $this->lock) {
+                $this->release($id, $this->lock);
+            }
+            $this->resetState(null);
+
+            return true;
+        }
+
+        return $this->put($id, $data);
+    }
+
+    public function updateTimestamp(string $id, string $data): bool
+    {
+        if ($this->degraded) {
+            return true;
+        }
+        $mine = $this->sid === $id;
+        if ($mine && $this->readOnly) {
+            $this->resetState(null); // nothing changed, nothing to discard
+
+            return true;
+        }
+        $lock = $mine ? $this->lock : null;
+        $body = ['ttl' => $this->ttl()];
+        if (null !== $lock) {
+            $body['lock'] = $lock;
+        }
+        $r = $this->request('POST', $this->sessionPath($id).'/touch', $body);
+        if (200 === $r['status']) {
+            if ($mine) {
+                $this->lock = null;
+            }
+
+            return true;
+        }
+        if (404 === $r['status']) {
+            // Expired (or destroyed) meanwhile: a touch never revives it, so write the data.
+            return $this->put($id, $data);
+        }
+        if (409 === $r['status'] && $mine) {
+            $this->lock = null;
+        }
+        $this->logFailure('touch', $id, $r);
+
+        return false;
+    }
+
+    public function destroy(string $id): bool
+    {
+        $r = $this->request('DELETE', $this->sessionPath($id), null);
+        if (204 === $r['status'] || 200 === $r['status'] || 404 === $r['status']) {
+            if ($this->sid === $id) {
+                // The service dropped the lock along with the session.
+                $this->resetState(null);
+            }
+
+            return true;
+        }
+        $this->logFailure('destroy', $id, $r);
+
+        return false;
+    }
+
+    public function gc(int $max_lifetime): int|false
+    {
+        return 0; // the service collects expired sessions itself
+    }
+
+    public function __destruct()
+    {
+        // Last resort if PHP never called close() (it does, also after a fatal error).
+        if (null !== $this->sid && null !== $this->lock) {
+            $this->release($this->sid, $this->lock);
+            $this->lock = null;
+        }
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    /** Lock (exclusive mode) or plain read (none mode) of $id; sets the state to $id. */
+    private function acquire(string $id): string|false
+    {
+        $this->resetState($id);
+        if (!preg_match(self::SID_PATTERN, $id)) {
+            self::log(sprintf('%s: session id refused: it must be 22 to 256 characters of [A-Za-z0-9,-] (enable session.use_strict_mode so PHP replaces such ids)', self::label($id)));
+
+            return false;
+        }
+        if (self::LOCK_NONE === $this->lockMode) {
+            return $this->plainRead($id, 'read');
+        }
+        $query = sprintf('/lock?wait_ms=%d&lease_ms=%d', $this->lockWaitMs, $this->lockLeaseMs);
+        $r = $this->request('POST', $this->sessionPath($id).$query, null, $this->lockWaitMs);
+        if (200 === $r['status'] && \is_array($r['body']) && \is_string($r['body']['lock'] ?? null)) {
+            $data = $this->decodeData($r['body']['data'] ?? '');
+            if (false === $data) {
+                $this->release($id, $r['body']['lock']);
+                self::log(sprintf('%s: lock at %s: the response has no readable "data"', self::label($id), $r['url']));
+
+                return false;
+            }
+            $this->lock = $r['body']['lock'];
+            $this->isNew = (bool) ($r['body']['new'] ?? (0 === ($r['body']['version'] ?? 0)));
+
+            return $data;
+        }
+        if (423 === $r['status']) {
+            if (self::ON_LOCK_TIMEOUT_READONLY === $this->onLockTimeout) {
+                self::log(sprintf('%s: lock not obtained within %d ms at %s (HTTP 423 %s); serving the session read-only, changes of this request will be discarded', self::label($id), $this->lockWaitMs, $r['url'], self::reason($r)));
+                $data = $this->plainRead($id, 'read-only read');
+                if (false !== $data && !$this->degraded) {
+                    $this->readOnly = true;
+                }
+
+                return $data;
+            }
+            self::log(sprintf('%s: lock not obtained within %d ms at %s (HTTP 423 %s); session_start() fails (set SESSION_SERVICE_ON_LOCK_TIMEOUT=readonly to serve it read-only instead)', self::label($id), $this->lockWaitMs, $r['url'], self::reason($r)));
+
+            return false;
+        }
+        if (200 === $r['status']) {
+            $r['status'] = 0;
+            $r['error'] = 'the response has no "lock"';
+        }
+
+        return $this->readFailed('lock', $id, $r);
+    }
+
+    private function plainRead(string $id, string $op): string|false
+    {
+        $r = $this->request('GET', $this->sessionPath($id), null);
+        if (404 === $r['status']) {
+            $this->isNew = true;
+
+            return '';
+        }
+        if (200 === $r['status'] && \is_array($r['body'])) {
+            $data = $this->decodeData($r['body']['data'] ?? '');
+            if (false !== $data) {
+                return $data;
+            }
+            $r['status'] = 0;
+            $r['error'] = 'the response has no readable "data"';
+        }
+
+        return $this->readFailed($op, $id, $r);
+    }
+
+    /** @param array{status:int, body:mixed, url:string, error:?string} $r */
+    private function readFailed(string $op, string $id, array $r): string|false
+    {
+        if (self::isUnavailable($r) && self::ON_UNAVAILABLE_EMPTY === $this->onUnavailable) {
+            self::log(sprintf('%s: %s failed: %s; on_unavailable=empty: starting with an empty session that will not be saved (the stored session is left as it is)', self::label($id), $op, self::describe($r)));
+            $this->degraded = true;
+
+            return '';
+        }
+        $this->logFailure($op, $id, $r);
+
+        return false;
+    }
+
+    private function put(string $id, string $data): bool
+    {
+        $mine = $this->sid === $id;
+        $body = ['data' => $data, 'ttl' => $this->ttl()];
+        if ($mine && null !== $this->lock) {
+            $body['lock'] = $this->lock;
+        }
+        $r = $this->request('PUT', $this->sessionPath($id), $body);
+        if (200 === $r['status']) {
+            if ($mine) {
+                $this->lock = null; // the write released it
+                $this->isNew = false;
+            }
+
+            return true;
+        }
+        if (409 === $r['status'] && $mine) {
+            $this->lock = null;
+        }
+        $this->logFailure('write', $id, $r, 413 === $r['status'] ? sprintf(' (%d bytes); the stored session is left unchanged', \strlen($data)) : '');
+        // Any lock still held is released by close().
+        return false;
+    }
+
+    private function release(string $id, string $lock): void
+    {
+        $r = $this->request('DELETE', $this->sessionPath($id).'/lock?lock='.rawurlencode($lock), null);
+        if (204 !== $r['status'] && 200 !== $r['status'] && 409 !== $r['status']) {
+            $this->logFailure('lock release', $id, $r, '; the lease will expire by itself');
+        }
+        if ($this->sid === $id) {
+            $this->lock = null;
+        }
+    }
+
+    private function resetState(?string $id): void
+    {
+        $this->sid = $id;
+        $this->lock = null;
+        $this->isNew = false;
+        $this->readOnly = false;
+    }
+
+    private function ttl(): int
+    {
+        return max(1, (int) \ini_get('session.gc_maxlifetime'));
+    }
+
+    private function sessionPath(string $id): string
+    {
+        return '/v1/sessions/'.rawurlencode($id);
+    }
+
+    private function decodeData(mixed $data): string|false
+    {
+        if (!\is_string($data)) {
+            return false;
+        }
+
+        return $this->msgpack ? $data : base64_decode($data, true);
+    }
+
+    /**
+     * One HTTP call to the service, trying the next URL when one is unreachable.
+     *
+     * @param array<string, mixed>|null $body
+     *
+     * @return array{status:int, body:mixed, url:string, error:?string} status 0 = no HTTP answer
+     */
+    private function request(string $method, string $path, ?array $body, int $extraTimeoutMs = 0): array
+    {
+        if (null === $this->curl) {
+            $curl = curl_init();
+            if (false === $curl) {
+                return ['status' => 0, 'body' => null, 'url' => $this->urls[0].$path, 'error' => 'curl_init() failed'];
+            }
+            $this->curl = $curl;
+        }
+        $ch = $this->curl;
+        $headers = [
+            'Accept: '.($this->msgpack ? 'application/msgpack' : 'application/json'),
+            'Expect:',
+        ];
+        if ('' !== $this->token) {
+            $headers[] = 'Authorization: Bearer '.$this->token;
+        }
+        $payload = null;
+        if (null !== $body) {
+            if ($this->msgpack) {
+                $payload = self::packMap($body);
+                $headers[] = 'Content-Type: application/msgpack';
+            } else {
+                if (isset($body['data'])) {
+                    $body['data'] = base64_encode($body['data']);
+                }
+                $payload = json_encode($body, \JSON_THROW_ON_ERROR | \JSON_UNESCAPED_SLASHES);
+                $headers[] = 'Content-Type: application/json';
+            }
+        }
+
+        $count = \count($this->urls);
+        $result = null;
+        for ($attempt = 0; $attempt < $count; ++$attempt) {
+            $index = ($this->urlIndex + $attempt) % $count;
+            $url = $this->urls[$index].$path;
+            curl_reset($ch); // keeps the live connections
+            $options = [
+                \CURLOPT_URL => $url,
+                \CURLOPT_RETURNTRANSFER => true,
+                \CURLOPT_HTTPHEADER => $headers,
+                \CURLOPT_CONNECTTIMEOUT_MS => $this->connectTimeoutMs,
+                \CURLOPT_TIMEOUT_MS => $this->timeoutMs + $extraTimeoutMs,
+                \CURLOPT_NOSIGNAL => true,
+                \CURLOPT_TCP_NODELAY => true,
+                \CURLOPT_HTTP_VERSION => \CURL_HTTP_VERSION_1_1,
+            ];
+            if ('HEAD' === $method) {
+                $options[\CURLOPT_NOBODY] = true;
+            } elseif ('GET' !== $method) {
+                $options[\CURLOPT_CUSTOMREQUEST] = $method;
+            }
+            if (null !== $payload) {
+                $options[\CURLOPT_POSTFIELDS] = $payload;
+            } elseif ('POST' === $method) {
+                $options[\CURLOPT_POSTFIELDS] = '';
+            }
+            curl_setopt_array($ch, $options);
+            $raw = curl_exec($ch);
+            $errno = curl_errno($ch);
+            if (0 === $errno && \is_string($raw)) {
+                $status = (int) curl_getinfo($ch, \CURLINFO_RESPONSE_CODE);
+                $type = (string) curl_getinfo($ch, \CURLINFO_CONTENT_TYPE);
+                $result = ['status' => $status, 'body' => $this->decodeBody($raw, $type), 'url' => $url, 'error' => null];
+                if (503 !== $status || $attempt === $count - 1) {
+                    $this->urlIndex = $index;
+
+                    return $result;
+                }
+                continue; // this instance cannot reach the database: try the next one
+            }
+            $error = sprintf('curl error %d: %s', $errno, curl_error($ch));
+            $result = ['status' => 0, 'body' => null, 'url' => $url, 'error' => $error];
+            // Only failures before the request reached a service are safe to retry
+            // elsewhere (a timed-out lock request may have been granted).
+            $connected = (float) curl_getinfo($ch, \CURLINFO_CONNECT_TIME) > 0.0;
+            $beforeRequest = \in_array($errno, [\CURLE_COULDNT_CONNECT, \CURLE_COULDNT_RESOLVE_HOST], true)
+                || (\CURLE_OPERATION_TIMEDOUT === $errno && !$connected);
+            if (!$beforeRequest) {
+                return $result;
+            }
+            if ($attempt < $count - 1) {
+                self::log(sprintf('%s unreachable (%s), trying %s', $this->urls[$index], $error, $this->urls[($index + 1) % $count]));
+            }
+        }
+
+        return $result ?? ['status' => 0, 'body' => null, 'url' => $this->urls[0].$path, 'error' => 'no url'];
+    }
+
+    private function decodeBody(string $raw, string $contentType): mixed
+    {
+        if ('' === $raw) {
+            return null;
+        }
+        if (str_contains($contentType, 'msgpack')) {
+            if (!\function_exists('msgpack_unpack')) {
+                return null;
+            }
+            $prev = \ini_get('msgpack.error_display');
+            ini_set('msgpack.error_display', '0');
+            try {
+                $value = @msgpack_unpack($raw);
+            } finally {
+                ini_set('msgpack.error_display', (string) $prev);
+            }
+
+            return $value;
+        }
+        if (str_contains($contentType, 'json')) {
+            return json_decode($raw, true);
+        }
+
+        return null;
+    }
+
+    /** @param array{status:int, body:mixed, url:string, error:?string} $r */
+    private static function isUnavailable(array $r): bool
+    {
+        return 0 === $r['status'] || $r['status'] >= 500;
+    }
+
+    /** @param array{status:int, body:mixed, url:string, error:?string} $r */
+    private static function reason(array $r): string
+    {
+        $body = \is_array($r['body']) ? $r['body'] : [];
+        $error = \is_string($body['error'] ?? null) ? $body['error'] : '';
+        $detail = \is_string($body['detail'] ?? null) ? $body['detail'] : '';
+        if ('' === $error && '' === $detail) {
+            return '(no error body)';
+        }
+
+        return trim($error.('' !== $detail ? ': '.$detail : ''));
+    }
+
+    /** @param array{status:int, body:mixed, url:string, error:?string} $r */
+    private static function describe(array $r): string
+    {
+        if (0 === $r['status']) {
+            return sprintf('service unreachable at %s (%s)', $r['url'], $r['error'] ?? 'no answer');
+        }
+
+        return sprintf('%s answered HTTP %d %s', $r['url'], $r['status'], self::reason($r));
+    }
+
+    /** @param array{status:int, body:mixed, url:string, error:?string} $r */
+    private function logFailure(string $op, string $id, array $r, string $suffix = ''): void
+    {
+        $hint = match ($r['status']) {
+            401 => ' (check SESSION_SERVICE_TOKEN)',
+            409 => ' (the lock was lost: its lease ran out or the session was destroyed; this request\'s changes are not saved)',
+            413 => ' (session data over the service\'s size limit)',
+            default => '',
+        };
+        self::log(sprintf('%s: %s failed: %s%s%s', self::label($id), $op, self::describe($r), $hint, $suffix));
+    }
+
+    private static function label(string $id): string
+    {
+        return 'session '.substr(hash('sha256', $id), 0, 12);
+    }
+
+    private static function log(string $message): void
+    {
+        error_log('session-service: '.$message);
+    }
+
+    private static function intOption(string $name, mixed $value, int $min): int
+    {
+        if (\is_int($value) || (\is_string($value) && preg_match('/^\s*\d+\s*$/D', $value))) {
+            $int = (int) $value;
+            if ($int >= $min) {
+                return $int;
+            }
+        }
+        throw new \InvalidArgumentException(sprintf('session-service: option "%s" must be an integer >= %d, got %s', $name, $min, var_export($value, true)));
+    }
+
+    /** @param list<string> $allowed */
+    private static function choice(string $name, mixed $value, array $allowed): string
+    {
+        $value = strtolower(trim((string) $value));
+        if (!\in_array($value, $allowed, true)) {
+            throw new \InvalidArgumentException(sprintf('session-service: option "%s" must be one of %s, got "%s"', $name, implode(', ', $allowed), $value));
+        }
+
+        return $value;
+    }
+
+    /**
+     * Msgpack encoding of a request body. ext-msgpack packs every PHP string as
+     * msgpack str, but session data is arbitrary bytes and must go as bin.
+     *
+     * @param array<string, mixed> $map
+     */
+    private static function packMap(array $map): string
+    {
+        $out = \chr(0x80 | \count($map));
+        foreach ($map as $key => $value) {
+            $out .= self::packStr((string) $key);
+            if (\is_int($value)) {
+                $out .= "\xd3".pack('J', $value);
+            } elseif ('data' === $key) {
+                $len = \strlen((string) $value);
+                $out .= ($len < 0x100 ? "\xc4".\chr($len) : ($len < 0x10000 ? "\xc5".pack('n', $len) : "\xc6".pack('N', $len))).$value;
+            } else {
+                $out .= self::packStr((string) $value);
+            }
+        }
+
+        return $out;
+    }
+
+    private static function packStr(string $s): string
+    {
+        $len = \strlen($s);
+        if ($len < 32) {
+            return \chr(0xa0 | $len).$s;
+        }
+
+        return ($len < 0x100 ? "\xd9".\chr($len) : ($len < 0x10000 ? "\xda".pack('n', $len) : "\xdb".pack('N', $len))).$s;
+    }
+}
