@@ -1,0 +1,3 @@
+from session_service.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The HTTP session service: FastAPI app, wire codec, auth, lock waiting, metrics."""

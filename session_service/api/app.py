@@ -1,0 +1,326 @@
+"""The FastAPI application: routes of docs/api.md over one SessionStore.
+
+Handlers take the raw Request and decode bodies themselves (msgpack or JSON), so
+the hot path pays for no validation model it does not need; the OpenAPI document
+still describes every body through `openapi_extra`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import FastAPI, Path, Query
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from session_service.api import problems
+from session_service.api.auth import TokenAuth
+from session_service.api.background_gc import run_gc_forever
+from session_service.api.codec import decode, encode, int_field, str_field
+from session_service.api.lockwait import LockWaiter
+from session_service.api.observability import MetricsMiddleware
+from session_service.api.problems import ApiError
+from session_service.errors import StoreUnavailable
+from session_service.ids import SESSION_ID_PATTERN, is_valid_session_id
+from session_service.schema import migrate
+from session_service.settings import Settings, parse_tokens
+from session_service.store import SessionRecord, SessionStore
+
+log = logging.getLogger(__name__)
+
+SessionId = Annotated[
+    str,
+    Path(
+        description="PHP session id, 22-256 characters of [A-Za-z0-9,-] (else 400)",
+        json_schema_extra={"pattern": SESSION_ID_PATTERN[1:-1]},
+    ),
+]
+
+_BYTES = {"type": "string", "format": "byte", "description": "base64 in JSON, bin in msgpack"}
+_RECORD = {
+    "type": "object",
+    "required": ["data", "version", "expires_at"],
+    "properties": {
+        "data": _BYTES,
+        "version": {"type": "integer"},
+        "expires_at": {"type": "integer"},
+        "lock": {"type": "string"},
+        "lease_expires_at_ms": {"type": "integer"},
+        "new": {"type": "boolean"},
+    },
+}
+_WRITE_RESULT = {
+    "type": "object",
+    "required": ["version", "expires_at"],
+    "properties": {"version": {"type": "integer"}, "expires_at": {"type": "integer"}},
+}
+_ERROR = {
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+}
+
+
+def _body_doc(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}, "application/msgpack": {"schema": schema}},
+        }
+    }
+
+
+def _responses(ok: int, schema: dict[str, Any] | None, *errors: int) -> dict[int | str, Any]:
+    out: dict[int | str, Any] = {
+        ok: {"description": "success"}
+        if schema is None
+        else {
+            "description": "success",
+            "content": {"application/json": {"schema": schema}, "application/msgpack": {}},
+        }
+    }
+    for status in (400, 401, 422, 503, *errors):
+        out[status] = {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
+    return out
+
+
+def _record_payload(record: SessionRecord) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "data": record.data,
+        "version": record.version,
+        "expires_at": record.expires_at,
+    }
+    if record.lock is not None:
+        payload["lock"] = record.lock
+        payload["lease_expires_at_ms"] = record.lease_expires_at_ms
+        payload["new"] = record.new
+    return payload
+
+
+def create_app(settings: Settings | None = None, store: SessionStore | None = None) -> FastAPI:
+    settings = settings or Settings()
+    auth = TokenAuth(parse_tokens(settings.tokens), disabled=settings.insecure_no_auth)
+    store = store or SessionStore(settings)
+    waiter = LockWaiter(store)
+    body_limit = settings.max_data_bytes * 4 // 3 + 4096  # base64 plus the other fields
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(40, settings.db_pool_size + settings.db_max_overflow + 8)
+        if settings.auto_migrate:
+            try:
+                await run_in_threadpool(migrate, store.engine)
+            except Exception as error:  # the service still starts; /readyz tells the truth
+                log.error("schema migration failed at start-up: %s", error)
+        gc_task = (
+            asyncio.create_task(run_gc_forever(store, settings.gc_interval))
+            if settings.gc_interval > 0
+            else None
+        )
+        try:
+            yield
+        finally:
+            if gc_task is not None:
+                gc_task.cancel()
+            store.close()
+
+    app = FastAPI(
+        title="session-service",
+        version="1",
+        summary="Shared PHP sessions for stateless web nodes",
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsMiddleware)
+    problems.install(app)
+    app.state.store = store
+
+    def authorize(request: Request, sid: str) -> str:
+        namespace = auth.namespace(request.headers.get("authorization"))
+        if not is_valid_session_id(sid):
+            raise ApiError(
+                400, "invalid_session_id", "session id must be 22 to 256 characters of [A-Za-z0-9,-]"
+            )
+        return namespace
+
+    async def read_body(request: Request) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise ApiError(400, "malformed_body", "Content-Length is not a number")
+            if int(length) > body_limit:
+                raise ApiError(
+                    413, "too_large", f"body of {length} bytes exceeds the limit for this service"
+                )
+        chunks = bytearray()
+        async for chunk in request.stream():
+            chunks += chunk
+            if len(chunks) > body_limit:
+                raise ApiError(413, "too_large", "body exceeds the limit for this service")
+        return decode(request.headers.get("content-type", ""), bytes(chunks))
+
+    def bounded(value: int | None, default: int, low: int, high: int, name: str) -> int:
+        if value is None:
+            return default
+        if not low <= value <= high:
+            raise ApiError(422, "invalid_request", f"{name} must be between {low} and {high}")
+        return value
+
+    @app.get(
+        "/v1/sessions/{sid}",
+        summary="Read a session without locking",
+        responses=_responses(200, _RECORD, 404),
+    )
+    async def read_session(request: Request, sid: SessionId) -> Response:
+        namespace = authorize(request, sid)
+        record = await run_in_threadpool(store.read, namespace, sid)
+        if record is None:
+            raise ApiError(404, "not_found", "no live session with this id")
+        return encode(request, _record_payload(record))
+
+    @app.head(
+        "/v1/sessions/{sid}", summary="Does a live session exist?", responses=_responses(200, None, 404)
+    )
+    async def session_exists(request: Request, sid: SessionId) -> Response:
+        namespace = authorize(request, sid)
+        found = await run_in_threadpool(store.exists, namespace, sid)
+        return Response(status_code=200 if found else 404)
+
+    @app.post(
+        "/v1/sessions/{sid}/lock",
+        summary="Lock and read (exclusive lease with a fencing token)",
+        responses=_responses(200, _RECORD, 423),
+    )
+    async def lock_session(
+        request: Request,
+        sid: SessionId,
+        wait_ms: Annotated[int | None, Query(description="ms to wait for the holder")] = None,
+        lease_ms: Annotated[int | None, Query(description="ms until the lease ends itself")] = None,
+    ) -> Response:
+        namespace = authorize(request, sid)
+        wait = bounded(wait_ms, settings.default_wait_ms, 0, settings.max_wait_ms, "wait_ms")
+        lease = bounded(lease_ms, settings.default_lease_ms, 100, settings.max_lease_ms, "lease_ms")
+        record = await waiter.acquire(namespace, sid, wait, lease)
+        return encode(request, _record_payload(record))
+
+    @app.put(
+        "/v1/sessions/{sid}",
+        summary="Write (fenced by lock, compare-and-set by if_version, or last write wins)",
+        openapi_extra=_body_doc(
+            {
+                "data": _BYTES,
+                "ttl": {"type": "integer", "minimum": 1},
+                "lock": {"type": "string"},
+                "if_version": {"type": "integer", "minimum": 0},
+            },
+            ["data", "ttl"],
+        ),
+        responses=_responses(200, _WRITE_RESULT, 409, 412, 413, 415),
+    )
+    async def write_session(request: Request, sid: SessionId) -> Response:
+        namespace = authorize(request, sid)
+        body = await read_body(request)
+        data = body.get("data")
+        if not isinstance(data, bytes):
+            raise ApiError(422, "invalid_request", "data is required")
+        ttl = int_field(body, "ttl", 1, settings.max_ttl, required=True)
+        assert ttl is not None
+        lock = str_field(body, "lock")
+        if_version = int_field(body, "if_version", 0, 2**62, required=False)
+        result = await run_in_threadpool(
+            lambda: store.write(namespace, sid, data, ttl, lock=lock, if_version=if_version)
+        )
+        if lock is not None:
+            waiter.notify(namespace, sid)
+        return encode(request, {"version": result.version, "expires_at": result.expires_at})
+
+    @app.post(
+        "/v1/sessions/{sid}/touch",
+        summary="Extend expiry (and release the lock)",
+        openapi_extra=_body_doc(
+            {"ttl": {"type": "integer", "minimum": 1}, "lock": {"type": "string"}}, ["ttl"]
+        ),
+        responses=_responses(200, _WRITE_RESULT, 404, 409, 415),
+    )
+    async def touch_session(request: Request, sid: SessionId) -> Response:
+        namespace = authorize(request, sid)
+        body = await read_body(request)
+        ttl = int_field(body, "ttl", 1, settings.max_ttl, required=True)
+        assert ttl is not None
+        lock = str_field(body, "lock")
+        try:
+            result = await run_in_threadpool(lambda: store.touch(namespace, sid, ttl, lock=lock))
+        finally:
+            if lock is not None:
+                waiter.notify(namespace, sid)
+        return encode(request, {"version": result.version, "expires_at": result.expires_at})
+
+    @app.delete(
+        "/v1/sessions/{sid}/lock",
+        summary="Release the lock without writing",
+        status_code=204,
+        responses=_responses(204, None, 409),
+    )
+    async def release_lock(
+        request: Request,
+        sid: SessionId,
+        lock: Annotated[str, Query(description="the fencing token from lock")],
+    ) -> Response:
+        namespace = authorize(request, sid)
+        await run_in_threadpool(store.release, namespace, sid, lock)
+        waiter.notify(namespace, sid)
+        return Response(status_code=204)
+
+    @app.delete(
+        "/v1/sessions/{sid}",
+        summary="Destroy the session",
+        status_code=204,
+        responses=_responses(204, None),
+    )
+    async def destroy_session(request: Request, sid: SessionId) -> Response:
+        namespace = authorize(request, sid)
+        await run_in_threadpool(store.destroy, namespace, sid)
+        waiter.notify(namespace, sid)
+        return Response(status_code=204)
+
+    @app.post(
+        "/v1/gc",
+        summary="Delete expired sessions now",
+        responses=_responses(200, {"type": "object", "properties": {"deleted": {"type": "integer"}}}),
+    )
+    async def collect(request: Request) -> Response:
+        auth.namespace(request.headers.get("authorization"))
+        deleted = await run_in_threadpool(store.gc)
+        return encode(request, {"deleted": deleted})
+
+    @app.get("/healthz", summary="The process is up")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", summary="The database answers", responses={503: {"description": "not ready"}})
+    async def readyz() -> JSONResponse:
+        try:
+            await asyncio.wait_for(run_in_threadpool(store.ping), timeout=5)
+        except (StoreUnavailable, TimeoutError) as error:
+            reason = str(error) or "database did not answer within 5 s"
+            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for uvicorn workers: settings come from SESSION_* environment variables."""
+    return create_app(Settings())

@@ -1,0 +1,113 @@
+"""msgpack and JSON bodies: decoding requests and encoding responses (docs/api.md).
+
+JSON carries bytes as base64; msgpack carries them as bin. The response format
+follows Accept, or the request's own Content-Type when there is no Accept.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import msgpack
+from starlette.requests import Request
+from starlette.responses import Response
+
+from session_service.api.problems import ApiError
+
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+JSON_TYPE = "application/json"
+
+
+def wants_msgpack(request: Request) -> bool:
+    accept = request.headers.get("accept")
+    if accept and accept != "*/*":
+        return any(kind in accept for kind in MSGPACK_TYPES)
+    return request.headers.get("content-type", "").startswith(MSGPACK_TYPES)
+
+
+def encode(request: Request, payload: dict[str, Any], status: int = 200) -> Response:
+    if wants_msgpack(request):
+        return Response(
+            msgpack.packb(payload, use_bin_type=True),
+            status_code=status,
+            media_type="application/msgpack",
+        )
+    body = {
+        key: base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
+        for key, value in payload.items()
+    }
+    return Response(
+        json.dumps(body, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type=JSON_TYPE,
+    )
+
+
+def decode(content_type: str, body: bytes) -> dict[str, Any]:
+    """Decode a request body into a dict whose `data`, if present, is bytes."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind in MSGPACK_TYPES:
+        try:
+            obj = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        except Exception as error:  # msgpack raises several unrelated types
+            raise ApiError(400, "malformed_body", f"body is not valid msgpack: {error}") from None
+        binary_data = True
+    elif kind == JSON_TYPE or kind.endswith("+json"):
+        try:
+            obj = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ApiError(400, "malformed_body", f"body is not valid JSON: {error}") from None
+        binary_data = False
+    elif not kind:
+        raise ApiError(
+            415, "unsupported_media_type", "Content-Type must be application/msgpack or application/json"
+        )
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {kind!r} is not supported; use application/msgpack or application/json",
+        )
+    if not isinstance(obj, dict):
+        raise ApiError(400, "malformed_body", "body must be a map/object")
+    if "data" in obj:
+        obj["data"] = _as_bytes(obj["data"], binary_data)
+    return obj
+
+
+def _as_bytes(value: Any, binary: bool) -> bytes:
+    if isinstance(value, bytes) and binary:
+        return value
+    if isinstance(value, str):
+        if binary:
+            return value.encode("utf-8")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(422, "invalid_request", "data must be base64 in JSON bodies") from None
+    raise ApiError(422, "invalid_request", "data must be bytes (msgpack bin, or base64 in JSON)")
+
+
+def int_field(body: dict[str, Any], name: str, low: int, high: int, *, required: bool) -> int | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise ApiError(422, "invalid_request", f"{name} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(422, "invalid_request", f"{name} must be an integer")
+    if not low <= value <= high:
+        raise ApiError(422, "invalid_request", f"{name} must be between {low} and {high}")
+    return value
+
+
+def str_field(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid_request", f"{name} must be a string")
+    return value

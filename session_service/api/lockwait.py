@@ -1,0 +1,103 @@
+"""Waiting for a session's lease without tying up a thread per waiter.
+
+Waiters for one session in this process queue on a FIFO asyncio lock, so they are
+served in arrival order and only the head of the queue polls the database. A
+release done by this process wakes the head at once; a release by another
+instance is seen at the next poll (backoff from 2 ms to 25 ms, never past the
+holder's lease end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from starlette.concurrency import run_in_threadpool
+
+from session_service import metrics
+from session_service.errors import LockTimeout
+from session_service.store import SessionRecord, SessionStore
+
+_FIRST_POLL = 0.002
+_MAX_POLL = 0.025
+
+
+@dataclass
+class _Gate:
+    queue: asyncio.Lock = field(default_factory=asyncio.Lock)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    users: int = 0
+
+
+class LockWaiter:
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+        self._gates: dict[tuple[str, str], _Gate] = {}
+
+    def notify(self, namespace: str, sid: str) -> None:
+        """Tell a local waiter that this process just released the session."""
+        gate = self._gates.get((namespace, sid))
+        if gate is not None:
+            gate.released.set()
+
+    async def acquire(
+        self, namespace: str, sid: str, wait_ms: int, lease_ms: int
+    ) -> SessionRecord:
+        started = time.monotonic()
+        deadline = started + wait_ms / 1000
+        key = (namespace, sid)
+        gate = self._gates.setdefault(key, _Gate())
+        gate.users += 1
+        try:
+            if gate.queue.locked():
+                try:
+                    await asyncio.wait_for(gate.queue.acquire(), deadline - time.monotonic())
+                except TimeoutError:
+                    self._timed_out(started)
+                    raise LockTimeout("session is locked by another request", 1000) from None
+            else:
+                await gate.queue.acquire()
+            try:
+                return await self._poll(gate, namespace, sid, lease_ms, started, deadline)
+            finally:
+                gate.queue.release()
+        finally:
+            gate.users -= 1
+            if gate.users == 0:
+                self._gates.pop(key, None)
+
+    async def _poll(
+        self,
+        gate: _Gate,
+        namespace: str,
+        sid: str,
+        lease_ms: int,
+        started: float,
+        deadline: float,
+    ) -> SessionRecord:
+        pause = _FIRST_POLL
+        while True:
+            gate.released.clear()
+            attempt = await run_in_threadpool(self._store.try_lock, namespace, sid, lease_ms)
+            if attempt.record is not None:
+                metrics.LOCK_WAIT.observe(time.monotonic() - started)
+                return attempt.record
+            remaining = deadline - time.monotonic()
+            held_for = max(0.0, attempt.held_until_ms / 1000 - self._store.now_ms() / 1000)
+            if remaining <= 0:
+                self._timed_out(started)
+                raise LockTimeout(
+                    "session is locked by another request", int(held_for * 1000)
+                )
+            sleep = min(remaining, pause, max(held_for, 0.001))
+            try:
+                await asyncio.wait_for(gate.released.wait(), sleep)
+            except TimeoutError:
+                pass
+            pause = min(_MAX_POLL, pause * 1.5)
+
+    @staticmethod
+    def _timed_out(started: float) -> None:
+        metrics.LOCK_WAIT.observe(time.monotonic() - started)
+        metrics.LOCK_TIMEOUTS.inc()

@@ -1,0 +1,151 @@
+"""`session-service serve|migrate|gc`: flags are generated from the Settings fields.
+
+Precedence: flag, then environment variable, then default. Every flag's help names
+its environment variable, so `--help` is the configuration reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from session_service.settings import Settings, parse_tokens
+
+_SHORT = {"db_url": ["--db"]}
+
+
+def _env_name(name: str) -> str:
+    return "SESSION_DB_URL" if name == "db_url" else f"SESSION_SERVICE_{name.upper()}"
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    for name in names:
+        field = Settings.model_fields[name]
+        flags = [*_SHORT.get(name, []), "--" + name.replace("_", "-")]
+        default = field.default
+        help_text = f"{field.description} [env {_env_name(name)}; default {default!r}]"
+        if field.annotation is bool:
+            parser.add_argument(
+                *flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            kind: Any = field.annotation if field.annotation in (int, float) else str
+            parser.add_argument(*flags, dest=name, type=kind, default=None, help=help_text)
+
+
+_DB_FLAGS = [
+    "db_url",
+    "db_pool_size",
+    "db_max_overflow",
+    "db_pre_ping",
+    "db_connect_timeout",
+    "db_retry_seconds",
+    "log_level",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="session-service",
+        description="Shared sessions for stateless PHP web nodes: an HTTP session store "
+        "over MySQL/MariaDB or SQLite. See docs/api.md and README.md.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the HTTP session service")
+    _add_settings_flags(serve, [n for n in Settings.model_fields if n not in ()])
+    migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
+    _add_settings_flags(migrate, _DB_FLAGS)
+    gc = commands.add_parser("gc", help="delete expired sessions once, then exit")
+    _add_settings_flags(gc, [*_DB_FLAGS, "gc_batch"])
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        name: value
+        for name, value in vars(args).items()
+        if name in Settings.model_fields and value is not None
+    }
+    return Settings(**overrides)
+
+
+def _fail(message: str) -> int:
+    print(f"session-service: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+        tokens = parse_tokens(settings.tokens)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        return _fail(f"invalid setting: {problems}")
+    except ValueError as error:
+        return _fail(f"invalid --tokens: {error}")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "serve":
+        if not tokens and not settings.insecure_no_auth:
+            return _fail(
+                "no tokens configured: set --tokens / SESSION_SERVICE_TOKENS "
+                '("namespace:secret,..."), or pass --insecure-no-auth for a private test'
+            )
+        return _serve(settings)
+    return _maintenance(args.command, settings)
+
+
+def _maintenance(command: str, settings: Settings) -> int:
+    from session_service.errors import StoreError
+    from session_service.schema import migrate
+    from session_service.store import SessionStore
+
+    store = SessionStore(settings)
+    try:
+        if command == "migrate":
+            version = migrate(store.engine)
+            print(f"schema is at version {version}")
+        else:
+            print(f"deleted {store.gc()} expired sessions")
+    except StoreError as error:
+        return _fail(str(error))
+    except Exception as error:  # a clear line, not a traceback, for operators
+        return _fail(f"{command} failed: {type(error).__name__}: {error}")
+    finally:
+        store.close()
+    return 0
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    # Workers are separate processes: they read the same settings from the environment.
+    for name, value in settings.model_dump().items():
+        os.environ[_env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+    uvicorn.run(
+        "session_service.api.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        access_log=False,
+        loop="auto",
+        http="auto",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Engine creation: one pooled engine per process, tuned for short autocommit statements.
+
+Every store operation is one or two single-row statements, so connections run in
+autocommit (no BEGIN/COMMIT round trips) and READ COMMITTED-equivalent behaviour:
+no statement holds a lock past its own execution, and none takes gap locks.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from session_service.settings import Settings
+
+
+def is_mysql(engine: Engine) -> bool:
+    return engine.dialect.name in ("mysql", "mariadb")
+
+
+def create_store_engine(settings: Settings) -> Engine:
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(settings)
+    connect_args: dict[str, Any] = {
+        "connect_timeout": settings.db_connect_timeout,
+        "read_timeout": 30,
+        "write_timeout": 30,
+        "charset": "utf8mb4",
+    }
+    engine = create_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_pre_ping=settings.db_pre_ping,
+        pool_recycle=3600,
+        pool_timeout=10,
+        # autocommit connections carry no transaction to roll back on return
+        pool_reset_on_return=None,
+        connect_args=connect_args,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _session_setup(dbapi_conn: Any, _record: object) -> None:
+        # READ COMMITTED: no gap locks. Short InnoDB row-lock waits: our statements touch
+        # one row each, so a long wait means trouble and a retry beats a stuck worker.
+        cur = dbapi_conn.cursor()
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cur.execute("SET SESSION innodb_lock_wait_timeout = 5")
+        cur.close()
+
+    return engine
+
+
+def _sqlite_engine(settings: Settings) -> Engine:
+    url = make_url(settings.db_url)
+    if url.database and url.database != ":memory:":
+        directory = os.path.dirname(os.path.abspath(url.database))
+        os.makedirs(directory, exist_ok=True)
+    engine = create_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_reset_on_return=None,
+        connect_args={"timeout": 10.0, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        # WAL lets readers and one writer work at once, across processes; the busy
+        # timeout makes concurrent writers wait instead of failing.
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    return engine

@@ -1,0 +1,110 @@
+"""Table definitions and the idempotent migration behind `session-service migrate`.
+
+Times are integers in Unix milliseconds, so SQLite and MySQL compare them the same
+way and no time zone ever enters the picture.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.exc import DBAPIError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+metadata = MetaData()
+
+_MYSQL_OPTS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+
+#: MEDIUMBLOB on MySQL/MariaDB (up to 16 MiB), BLOB elsewhere.
+Payload = LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
+Hash = LargeBinary(32).with_variant(mysql.BINARY(32), "mysql", "mariadb")
+Token = LargeBinary(16).with_variant(mysql.BINARY(16), "mysql", "mariadb")
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("namespace", String(64), primary_key=True),
+    Column("id_hash", Hash, primary_key=True),
+    Column("data", Payload, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("lock_token", Token, nullable=True),
+    Column("lock_expires", BigInteger, nullable=True),
+    Column("write_id", Token, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_sessions_expires_at", "expires_at"),
+    **_MYSQL_OPTS,
+)
+
+#: Named leases between service instances (background gc runs on one at a time).
+leases = Table(
+    "service_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    **_MYSQL_OPTS,
+)
+
+schema_info = Table(
+    "session_service_schema",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", Integer, nullable=False),
+    **_MYSQL_OPTS,
+)
+
+
+def current_version(engine: Engine) -> int:
+    """The schema version in the database, 0 when it has never been migrated."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(schema_info.name):
+            return 0
+        row = conn.execute(select(schema_info.c.version).where(schema_info.c.id == 1)).first()
+        return int(row[0]) if row else 0
+
+
+def migrate(engine: Engine) -> int:
+    """Create or upgrade the schema; safe to run again and from several instances at once."""
+    before = current_version(engine)
+    if before > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {before} is newer than this release knows "
+            f"({SCHEMA_VERSION}); upgrade session-service"
+        )
+    if before == SCHEMA_VERSION:
+        return before
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except DBAPIError as exc:  # another instance created a table between check and create
+        log.info("schema created concurrently (%s); checking again", exc.orig)
+        metadata.create_all(engine, checkfirst=True)
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(schema_info).where(schema_info.c.id == 1).values(version=SCHEMA_VERSION)
+        ).rowcount
+        if not changed:
+            try:
+                conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
+            except DBAPIError:
+                log.info("schema version recorded concurrently")
+    log.info("schema migrated from version %d to %d", before, SCHEMA_VERSION)
+    return SCHEMA_VERSION

@@ -1,0 +1,112 @@
+"""One settings object for the service: defaults, environment, then command-line flags.
+
+Every knob lives here, so docs/configuration in the README is generated from one place
+and `session-service --help` cannot drift from what the code reads.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+#: MEDIUMBLOB holds 16 MiB - 1 bytes; a row must also fit MySQL's max_allowed_packet.
+HARD_MAX_DATA_BYTES = 16 * MIB - 1
+
+
+class Settings(BaseSettings):
+    """Service configuration. Environment variables use the SESSION_SERVICE_ prefix."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SESSION_SERVICE_", extra="ignore", populate_by_name=True
+    )
+
+    db_url: str = Field(
+        default="sqlite:///./var/sessions.db",
+        validation_alias=AliasChoices("SESSION_DB_URL", "SESSION_SERVICE_DB_URL", "db_url"),
+        description="SQLAlchemy URL of the store: sqlite:///path or mysql+pymysql://user:pw@host/db",
+    )
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=7070, ge=0, le=65535, description="TCP port to listen on")
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
+    tokens: str = Field(
+        default="",
+        description='bearer tokens, "namespace:secret,..."; a bare secret means namespace default',
+    )
+    insecure_no_auth: bool = Field(
+        default=False, description="serve without tokens (every caller is namespace default)"
+    )
+    max_data_bytes: int = Field(
+        default=MIB, ge=1, le=HARD_MAX_DATA_BYTES, description="largest session payload accepted"
+    )
+    max_ttl: int = Field(default=366 * 86400, ge=1, description="largest ttl in seconds")
+    default_wait_ms: int = Field(default=5000, ge=0, description="lock wait when none is given")
+    max_wait_ms: int = Field(default=60000, ge=0, description="largest lock wait accepted")
+    default_lease_ms: int = Field(default=30000, ge=100, description="lock lease when none given")
+    max_lease_ms: int = Field(default=600000, ge=100, description="largest lock lease accepted")
+    touch_skip_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="skip a touch's write when expiry would move by less than this part of ttl",
+    )
+    gc_interval: float = Field(
+        default=60.0, ge=0.0, description="seconds between background gc runs (0 disables)"
+    )
+    gc_batch: int = Field(default=500, ge=1, le=10000, description="rows deleted per gc batch")
+    db_pool_size: int = Field(default=10, ge=1, description="pooled connections per process")
+    db_max_overflow: int = Field(default=20, ge=0, description="extra connections under load")
+    db_pre_ping: bool = Field(
+        default=True, description="ping a pooled connection before use (one round trip)"
+    )
+    db_connect_timeout: float = Field(default=3.0, gt=0, description="database connect timeout")
+    db_retry_seconds: float = Field(
+        default=3.0, ge=0, description="how long transient database errors are retried"
+    )
+    auto_migrate: bool = Field(
+        default=True, description="create or upgrade the schema when the service starts"
+    )
+    log_level: str = Field(default="info", description="debug, info, warning or error")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("must be debug, info, warning, error or critical")
+        return value
+
+    @field_validator("db_url")
+    @classmethod
+    def _supported_db(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0]
+        if not (scheme.startswith("sqlite") or scheme.startswith(("mysql", "mariadb"))):
+            raise ValueError("only sqlite:/// and mysql+pymysql:// URLs are supported")
+        return value
+
+
+def parse_tokens(spec: str) -> dict[str, str]:
+    """Map each secret to its namespace from "ns:secret,secret2,...".
+
+    Several secrets may name the same namespace, which is how a token is rotated
+    without downtime: add the new one, move clients, remove the old one.
+    """
+    tokens: dict[str, str] = {}
+    for raw in spec.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        namespace, sep, secret = item.partition(":")
+        if not sep:
+            namespace, secret = "default", item
+        namespace, secret = namespace.strip(), secret.strip()
+        if not secret:
+            raise ValueError(f"token for namespace {namespace!r} has an empty secret")
+        if not namespace or len(namespace) > 64 or not namespace.replace("_", "").replace(
+            "-", ""
+        ).replace(".", "").isalnum():
+            raise ValueError(f"namespace {namespace!r} must be 1-64 chars of [A-Za-z0-9_.-]")
+        if secret in tokens and tokens[secret] != namespace:
+            raise ValueError("one secret is given for two namespaces")
+        tokens[secret] = namespace
+    return tokens
