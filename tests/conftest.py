@@ -1,0 +1,117 @@
+"""Fixtures with real parts: MariaDB databases, SQLite files, service processes.
+
+MariaDB must be reachable: a test that needs it fails (never skips) when it is not,
+with the command that starts it. `make test` starts or installs it first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from session_service.schema import migrate
+from session_service.settings import Settings
+from session_service.store import SessionStore
+from tests.support import (
+    MARIADB_HOST,
+    MARIADB_PORT,
+    ServiceProcess,
+    create_database,
+    drop_database,
+    mariadb_connect,
+    mariadb_url,
+)
+
+
+class FakeClock:
+    """A clock the test moves by hand, so expiry is tested without sleeping."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def mariadb_database() -> Iterator[str]:
+    """One fresh MariaDB database for the whole run, dropped afterwards."""
+    try:
+        mariadb_connect().close()
+    except pymysql.MySQLError as error:
+        pytest.fail(
+            f"MariaDB is not reachable on {MARIADB_HOST}:{MARIADB_PORT} ({error}); start it with "
+            "`start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd` "
+            "or run `make test`, which does",
+            pytrace=False,
+        )
+    name = create_database()
+    try:
+        store = SessionStore(Settings(db_url=mariadb_url(name)))
+        migrate(store.engine)
+        store.close()
+        yield name
+    finally:
+        drop_database(name)
+
+
+@pytest.fixture(name="mariadb_url", scope="session")
+def _mariadb_url(mariadb_database: str) -> str:
+    """SQLAlchemy URL of the run's MariaDB database (schema already migrated)."""
+    return mariadb_url(mariadb_database)
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store test runs on both backends."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sessions.db'}"
+    url: str = request.getfixturevalue("mariadb_url")
+    return url
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_store(db_url: str) -> Iterator[Callable[..., SessionStore]]:
+    stores: list[SessionStore] = []
+
+    def factory(clock: Callable[[], float] | None = None, **overrides: object) -> SessionStore:
+        settings = Settings(db_url=db_url, **overrides)  # type: ignore[arg-type]
+        store = SessionStore(settings, clock=clock) if clock else SessionStore(settings)
+        migrate(store.engine)
+        stores.append(store)
+        return store
+
+    yield factory
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., SessionStore], clock: FakeClock) -> SessionStore:
+    return make_store(clock)
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start real `session-service serve` processes; all are stopped after the test."""
+    started: list[ServiceProcess] = []
+
+    def factory(db_url: str, **kwargs: object) -> ServiceProcess:
+        service = ServiceProcess(db_url=db_url, log_path=tmp_path / f"service-{len(started)}.log", **kwargs)  # type: ignore[arg-type]
+        started.append(service)
+        return service.start()
+
+    yield factory
+    for service in started:
+        service.stop()
