@@ -409,7 +409,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         if (409 === $r['status'] && $mine) {
             $this->lock = null;
         }
-        $this->logFailure('write', $id, $r, 413 === $r['status'] ? sprintf(' (%d bytes); the stored session is left unchanged', \strlen($data)) : '');
+        $this->logFailure('write', $id, $r, 413 === $r['status'] ? sprintf('; %d bytes not saved, the stored session is left unchanged', \strlen($data)) : '');
         // Any lock still held is released by close().
         return false;
     }
@@ -609,7 +609,6 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         $hint = match ($r['status']) {
             401 => ' (check SESSION_SERVICE_TOKEN)',
             409 => ' (the lock was lost: its lease ran out or the session was destroyed; this request\'s changes are not saved)',
-            413 => ' (session data over the service\'s size limit)',
             default => '',
         };
         self::log(sprintf('%s: %s failed: %s%s%s', self::label($id), $op, self::describe($r), $hint, $suffix));

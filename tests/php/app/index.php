@@ -1,0 +1,92 @@
+<?php
+
+declare(strict_types=1);
+
+/*
+ * Test application for tests/php: an ordinary PHP page using $_SESSION.
+ * The handler comes from auto_prepend_file=php_handler/prepend.php (env vars
+ * only), exactly as a legacy application would adopt it.
+ * Every answer is JSON; "started" is session_start()'s result.
+ */
+header('Content-Type: application/json');
+$op = $_GET['op'] ?? 'incr';
+$sleepMs = (int) ($_GET['sleep_ms'] ?? 0);
+$out = ['op' => $op];
+
+switch ($op) {
+    case 'incr': // read-modify-write, holding the session for sleep_ms
+        $out['started'] = session_start();
+        if ($out['started']) {
+            $n = $_SESSION['n'] ?? 0;
+            if ($sleepMs > 0) {
+                usleep($sleepMs * 1000);
+            }
+            $_SESSION['n'] = $n + 1;
+            $out['n'] = $_SESSION['n'];
+        }
+        break;
+
+    case 'get': // read only, lock released at once
+        $out['started'] = session_start(['read_and_close' => true]);
+        $out['session'] = $_SESSION ?? null;
+        $out['status'] = session_status();
+        break;
+
+    case 'touch': // read, change nothing (lazy_write: updateTimestamp)
+        $out['started'] = session_start();
+        $out['n'] = $_SESSION['n'] ?? null;
+        break;
+
+    case 'hold_readonly': // read_and_close, then keep working for sleep_ms
+        $out['started'] = session_start(['read_and_close' => true]);
+        $out['n'] = $_SESSION['n'] ?? null;
+        usleep($sleepMs * 1000);
+        break;
+
+    case 'set_blob': // binary-safe payload from the request body
+        $out['started'] = session_start();
+        if ($out['started']) {
+            $blob = (string) file_get_contents('php://input');
+            $_SESSION['blob'] = $blob;
+            $out['sha256'] = hash('sha256', $blob);
+            $out['written'] = session_write_close();
+        }
+        break;
+
+    case 'get_blob':
+        $out['started'] = session_start(['read_and_close' => true]);
+        $blob = $_SESSION['blob'] ?? '';
+        $out['sha256'] = hash('sha256', $blob);
+        $out['len'] = strlen($blob);
+        $out['n'] = $_SESSION['n'] ?? null;
+        break;
+
+    case 'regenerate':
+        $out['started'] = session_start();
+        $out['old_id'] = session_id();
+        $out['regenerated'] = session_regenerate_id(true);
+        $out['new_id'] = session_id();
+        $_SESSION['regenerated'] = true;
+        break;
+
+    case 'destroy':
+        $out['started'] = session_start();
+        $out['destroyed'] = session_destroy();
+        break;
+
+    case 'fatal': // a fatal error while the lock is held
+        session_start();
+        $_SESSION['before_fatal'] = true;
+        $f = 'undefined_function_'.mt_rand();
+        $f();
+        break;
+
+    case 'id':
+        $out['started'] = session_start(['read_and_close' => true]);
+        break;
+
+    default:
+        http_response_code(404);
+}
+$out['id'] = session_id();
+echo json_encode($out);

@@ -1,0 +1,315 @@
+"""PHP handler end to end: PHP nodes (php -S) -> session service -> MariaDB.
+
+Each PHP node gets the handler from auto_prepend_file=php_handler/prepend.php,
+configured by environment variables only (as a legacy application would), with
+session.use_strict_mode=1 and lazy_write=1. See conftest.py for the harness; any
+PHP warning, notice or deprecation fails the test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import Browser, PhpNode, ServiceProcess, free_port, run_concurrently
+
+READ_FAILED = r"PHP Warning:  session_start\(\): Failed to read session data: user"
+WRITE_FAILED = r"PHP Warning:  session_write_close\(\): Failed to write session data using user defined save handler"
+NodeFactory = Callable[..., PhpNode]
+
+
+@pytest.fixture(scope="module")
+def nodes(start_node: NodeFactory, service: ServiceProcess, service2: ServiceProcess) -> list[PhpNode]:
+    """Three nodes: two talk to service 1, one to service 2 (same database)."""
+    return [
+        start_node(service.url),
+        start_node(service.url, workers=3),
+        start_node(service2.url),
+    ]
+
+
+def test_counter_alternating_nodes_stays_exact(nodes: list[PhpNode]) -> None:
+    b = Browser()
+    for i in range(1, 31):
+        assert b.get(nodes[i % len(nodes)], "incr")["n"] == i
+    assert b.get(nodes[0], "get")["session"] == {"n": 30}
+
+
+def test_40_concurrent_requests_exclusive_lock_exact(nodes: list[PhpNode]) -> None:
+    b = Browser()
+    assert b.get(nodes[0], "incr")["n"] == 1
+    sid = b.sid
+
+    def hit(i: int) -> int:
+        return int(Browser(sid).get(nodes[i % len(nodes)], "incr", sleep_ms=5)["n"])
+
+    seen = run_concurrently(hit, 40)
+    assert sorted(seen) == list(range(2, 42)), "each request saw the previous one's write"
+    assert b.get(nodes[1], "get")["session"] == {"n": 41}
+
+
+def test_40_concurrent_requests_lock_none_lose_updates(
+    start_node: NodeFactory, service: ServiceProcess, service2: ServiceProcess
+) -> None:
+    """The trade-off of SESSION_SERVICE_LOCK=none: concurrent writes of one session race."""
+    unlocked = [start_node(service.url, lock="none"), start_node(service2.url, lock="none")]
+    b = Browser()
+    assert b.get(unlocked[0], "incr")["n"] == 1
+    sid = b.sid
+
+    def hit(i: int) -> int:
+        return int(Browser(sid).get(unlocked[i % 2], "incr", sleep_ms=20)["n"])
+
+    run_concurrently(hit, 40)
+    final = b.get(unlocked[0], "get")["session"]["n"]
+    assert final < 41, "without locking, concurrent read-modify-write loses updates"
+    print(f"lock=none: counter {final} after 41 increments ({41 - final} lost)")
+
+
+def test_strict_mode_rejects_forged_id(nodes: list[PhpNode], service: ServiceProcess) -> None:
+    forged = "attackerchosenid0123456789abcdef"
+    b = Browser(forged)
+    r = b.get(nodes[0], "incr")
+    assert r["n"] == 1
+    assert r["id"] != forged and b.sid == r["id"]
+    assert not service.exists(forged), "the forged id must not be created"
+    assert service.exists(r["id"])
+    # An id the service would refuse (too short) is replaced too, without an error.
+    b2 = Browser("short")
+    assert b2.get(nodes[1], "incr")["n"] == 1 and b2.sid != "short"
+
+
+def test_regenerate_destroys_old_and_new_id_carries_data(
+    nodes: list[PhpNode], service: ServiceProcess
+) -> None:
+    b = Browser()
+    b.get(nodes[0], "incr")
+    b.get(nodes[1], "incr")
+    old = b.sid
+    r = b.get(nodes[2], "regenerate")
+    assert r["regenerated"] is True and r["old_id"] == old and r["new_id"] != old
+    assert b.sid == r["new_id"]
+    assert not service.exists(old)
+    assert b.get(nodes[0], "get")["session"] == {"n": 2, "regenerated": True}
+    # The old cookie is dead: strict mode gives its bearer a fresh, empty session.
+    stale = Browser(old)
+    assert stale.get(nodes[1], "incr")["n"] == 1 and stale.sid != old
+
+
+def test_destroy_removes_session_on_service(nodes: list[PhpNode], service: ServiceProcess) -> None:
+    b = Browser()
+    b.get(nodes[0], "incr")
+    sid = b.sid
+    assert sid and service.exists(sid)
+    assert b.get(nodes[1], "destroy")["destroyed"] is True
+    assert not service.exists(sid)
+    assert Browser(sid).get(nodes[2], "incr")["n"] == 1
+
+
+def test_lazy_write_touch_keeps_data(nodes: list[PhpNode]) -> None:
+    b = Browser()
+    b.get(nodes[0], "incr")
+    for node in nodes:
+        assert b.get(node, "touch")["n"] == 1
+    assert b.get(nodes[0], "incr")["n"] == 2
+
+
+def test_read_and_close_releases_lock_at_once(nodes: list[PhpNode]) -> None:
+    b = Browser()
+    b.get(nodes[0], "incr")
+    sid = b.sid
+
+    def call(i: int) -> tuple[float, dict[str, object]]:
+        if i == 1:
+            time.sleep(0.3)  # let the read_and_close request start first
+        t = time.monotonic()
+        op = "hold_readonly" if i == 0 else "incr"
+        out = Browser(sid).get(nodes[i], op, sleep_ms=2000 if i == 0 else 0)
+        return time.monotonic() - t, out
+
+    (slow_t, slow), (fast_t, fast) = run_concurrently(call, 2)
+    assert slow["n"] == 1 and slow_t >= 2.0
+    assert fast["n"] == 2
+    assert fast_t < 1.0, f"the writer waited {fast_t:.2f}s for a read_and_close request"
+
+
+def test_lock_held_until_write_close(nodes: list[PhpNode]) -> None:
+    """The lock spans session_start()..end of request, like the files handler."""
+    b = Browser()
+    b.get(nodes[0], "incr")
+    sid = b.sid
+
+    def call(i: int) -> tuple[float, int]:
+        if i == 1:
+            time.sleep(0.3)
+        t = time.monotonic()
+        out = Browser(sid).get(nodes[i], "incr", sleep_ms=1000 if i == 0 else 0)
+        return time.monotonic() - t, int(out["n"])
+
+    (_, first), (waited, second) = run_concurrently(call, 2)
+    assert (first, second) == (2, 3)
+    assert waited >= 0.5, "the second request must wait for the first one's lock"
+
+
+def test_fatal_error_releases_lock(nodes: list[PhpNode]) -> None:
+    b = Browser()
+    b.get(nodes[0], "incr")
+    r = b.request(nodes[1], "fatal")
+    assert r.status_code == 500
+    nodes[1].expect(r"PHP Fatal error:  Uncaught Error: Call to undefined function undefined_function_")
+    t = time.monotonic()
+    out = b.get(nodes[2], "incr")
+    assert time.monotonic() - t < 2.0, "the lock of the crashed request was released"
+    assert out["n"] == 2
+
+
+def test_expiry_honours_gc_maxlifetime(start_node: NodeFactory, service: ServiceProcess) -> None:
+    node = start_node(service.url, ini={"session.gc_maxlifetime": "2"})
+    b = Browser()
+    assert b.get(node, "incr")["n"] == 1
+    assert b.get(node, "incr")["n"] == 2
+    sid = b.sid
+    time.sleep(3.5)
+    assert sid and not service.exists(sid)
+    assert b.get(node, "incr")["n"] == 1, "an expired session starts empty"
+    assert b.sid != sid, "strict mode replaces the expired id"
+
+
+@pytest.mark.parametrize("fmt", ["auto", "json"])
+def test_binary_data_round_trips(start_node: NodeFactory, service: ServiceProcess, fmt: str) -> None:
+    node = start_node(service.url, format=fmt)
+    blob = bytes(range(256)) * 64 + b"\x00\xff\xfe" + "é€𝄞".encode() + os.urandom(4096)
+    b = Browser()
+    out = b.get(node, "set_blob", body=blob)
+    assert out["written"] is True and out["sha256"] == hashlib.sha256(blob).hexdigest()
+    back = b.get(node, "get_blob")
+    assert back["sha256"] == hashlib.sha256(blob).hexdigest() and back["len"] == len(blob)
+
+
+def test_size_limit(nodes: list[PhpNode]) -> None:
+    limit = 1024 * 1024  # the service's default max_data_bytes
+    overhead = len(b'blob|s:1048000:"";')
+    near = os.urandom(limit - overhead - 16)
+    b = Browser()
+    assert b.get(nodes[0], "set_blob", body=near)["written"] is True
+    back = b.get(nodes[1], "get_blob")
+    assert back["len"] == len(near) and back["sha256"] == hashlib.sha256(near).hexdigest()
+
+    over = os.urandom(limit + 1)
+    out = b.get(nodes[2], "set_blob", body=over)
+    assert out["started"] is True  # (session_write_close() reports true even when write failed)
+    nodes[2].expect(r"session-service: session [0-9a-f]{12}: write failed: http://127\.0\.0\.1:\d+/v1/sessions/\S+ answered HTTP 413 too_large")
+    nodes[2].expect(WRITE_FAILED)
+    back = b.get(nodes[0], "get_blob")
+    assert back["sha256"] == hashlib.sha256(near).hexdigest(), "the stored session is intact"
+    # ... and not left locked
+    t = time.monotonic()
+    b.get(nodes[1], "incr")
+    assert time.monotonic() - t < 1.0
+
+
+def test_lock_timeout_fails_by_default(start_node: NodeFactory, service: ServiceProcess) -> None:
+    node = start_node(service.url, lock_wait_ms="300")
+    b = Browser()
+    b.get(node, "incr")
+    sid = b.sid
+
+    def call(i: int) -> dict[str, object]:
+        if i == 1:
+            time.sleep(0.3)
+        return Browser(sid).get(node, "incr", sleep_ms=1500 if i == 0 else 0)
+
+    holder, blocked = run_concurrently(call, 2)
+    assert holder["n"] == 2
+    assert blocked["started"] is False
+    node.expect(r"session-service: session [0-9a-f]{12}: lock not obtained within 300 ms at http://\S+ \(HTTP 423 lock_timeout")
+    node.expect(READ_FAILED)
+    assert b.get(node, "get")["session"] == {"n": 2}
+
+
+def test_lock_timeout_readonly(start_node: NodeFactory, service: ServiceProcess) -> None:
+    node = start_node(service.url, lock_wait_ms="300", on_lock_timeout="readonly")
+    b = Browser()
+    b.get(node, "incr")
+    sid = b.sid
+
+    def call(i: int) -> dict[str, object]:
+        if i == 1:
+            time.sleep(0.3)
+        return Browser(sid).get(node, "incr", sleep_ms=1500 if i == 0 else 0)
+
+    holder, readonly = run_concurrently(call, 2)
+    assert holder["n"] == 2
+    assert readonly["started"] is True and readonly["n"] == 2, "saw the stored data (n=1), +1"
+    node.expect(r"lock not obtained within 300 ms .* serving the session read-only")
+    node.expect(r"the changes of this request are discarded")
+    assert b.get(node, "get")["session"] == {"n": 2}, "the read-only request's change was dropped"
+
+
+def test_service_down_fail_policy(start_node: NodeFactory, start_service: Callable[..., ServiceProcess]) -> None:
+    svc = start_service()
+    node = start_node(svc.url, fresh=True, connect_timeout_ms="300")
+    b = Browser()
+    assert b.get(node, "incr")["n"] == 1
+    svc.stop()
+    out = b.get(node, "incr")
+    assert out["started"] is False
+    node.expect(rf"session-service: session [0-9a-f]{{12}}: lock failed: service unreachable at {svc.url}/v1/sessions/\S+ \(curl error 7")
+    node.expect(READ_FAILED)
+    svc.start()
+    assert b.get(node, "incr")["n"] == 2, "the session survived the outage"
+
+
+def test_service_down_empty_policy(start_node: NodeFactory, start_service: Callable[..., ServiceProcess]) -> None:
+    svc = start_service()
+    node = start_node(svc.url, fresh=True, connect_timeout_ms="300", on_unavailable="empty")
+    b = Browser()
+    assert b.get(node, "incr")["n"] == 1
+    assert b.get(node, "incr")["n"] == 2
+    sid = b.sid
+    svc.stop()
+    out = b.get(node, "incr")
+    assert out["started"] is True and out["n"] == 1, "an empty session while the service is down"
+    assert b.sid == sid, "the cookie is kept, so the stored session is found again"
+    node.expect(r"on_unavailable=empty: starting with an empty session that will not be saved")
+    svc.start()
+    assert b.get(node, "incr")["n"] == 3, "the stored session was not overwritten"
+
+
+def test_second_url_serves_when_first_is_down(
+    start_node: NodeFactory, service: ServiceProcess
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    node = start_node([dead, service.url], connect_timeout_ms="300")
+    b = Browser()
+    for i in range(1, 4):
+        assert b.get(node, "incr")["n"] == i
+    node.expect(rf"session-service: {dead} unreachable \(curl error 7.*\), trying {service.url}")
+
+
+def test_symfony_native_session_storage(start_node: NodeFactory, service: ServiceProcess, service2: ServiceProcess) -> None:
+    sym = [
+        start_node(service.url, prepend=False),
+        start_node(service2.url, prepend=False),
+    ]
+    b = Browser()
+    for i in range(1, 5):
+        assert b.get(sym[i % 2], "incr", page="symfony.php")["n"] == i
+    got = b.get(sym[0], "get", page="symfony.php")
+    assert got["n"] == 4 and got["flashes"] == ["incremented"] * 4
+    old = b.sid
+    m = b.get(sym[1], "migrate", page="symfony.php")
+    assert m["migrated"] is True and m["new_id"] != old and b.sid == m["new_id"]
+    assert not service.exists(old)
+    assert b.get(sym[0], "get", page="symfony.php")["n"] == 4
+    new = b.sid
+    assert new and service.exists(new)
+    b.get(sym[1], "invalidate", page="symfony.php")
+    assert not service.exists(new)
+    forged = Browser("forgedsymfonysessionid0123456789")
+    assert forged.get(sym[0], "incr", page="symfony.php")["n"] == 1
+    assert forged.sid != "forgedsymfonysessionid0123456789"
