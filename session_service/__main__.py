@@ -1,3 +1,5 @@
-from session_service.cli import main
 import sys
+
+from session_service.cli import main
+
 sys.exit(main())

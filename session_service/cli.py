@@ -32,7 +32,11 @@ def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -
         help_text = f"{field.description} [env {_env_name(name)}; default {default!r}]"
         if field.annotation is bool:
             parser.add_argument(
-                *flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+                *flags,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
             )
         else:
             kind: Any = field.annotation if field.annotation in (int, float) else str
@@ -58,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the HTTP session service")
-    _add_settings_flags(serve, [n for n in Settings.model_fields if n not in ()])
+    _add_settings_flags(serve, list(Settings.model_fields))
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     _add_settings_flags(migrate, _DB_FLAGS)
     gc = commands.add_parser("gc", help="delete expired sessions once, then exit")

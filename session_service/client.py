@@ -116,7 +116,9 @@ class SessionClient:
         content = None
         headers = {}
         if body is not None:
-            content = msgpack.packb({k: v for k, v in body.items() if v is not None}, use_bin_type=True)
+            content = msgpack.packb(
+                {k: v for k, v in body.items() if v is not None}, use_bin_type=True
+            )
             headers["Content-Type"] = _MSGPACK
         response = self._http.request(method, path, content=content, params=params, headers=headers)
         _raise_for(response)
@@ -140,8 +142,12 @@ class SessionClient:
         _raise_for(response)
         return True
 
-    def lock(self, sid: str, wait_ms: int | None = None, lease_ms: int | None = None) -> SessionRecord:
-        params = {k: v for k, v in {"wait_ms": wait_ms, "lease_ms": lease_ms}.items() if v is not None}
+    def lock(
+        self, sid: str, wait_ms: int | None = None, lease_ms: int | None = None
+    ) -> SessionRecord:
+        params = {
+            k: v for k, v in {"wait_ms": wait_ms, "lease_ms": lease_ms}.items() if v is not None
+        }
         return _record(self._body(self._send("POST", f"/v1/sessions/{sid}/lock", params=params)))
 
     def write(
@@ -158,7 +164,9 @@ class SessionClient:
         return WriteResult(result["version"], result["expires_at"])
 
     def touch(self, sid: str, ttl: int, *, lock: str | None = None) -> WriteResult:
-        result = self._body(self._send("POST", f"/v1/sessions/{sid}/touch", {"ttl": ttl, "lock": lock}))
+        result = self._body(
+            self._send("POST", f"/v1/sessions/{sid}/touch", {"ttl": ttl, "lock": lock})
+        )
         return WriteResult(result["version"], result["expires_at"])
 
     def release(self, sid: str, lock: str) -> None:

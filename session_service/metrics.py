@@ -5,7 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 HTTP_REQUESTS = Counter(
-    "session_http_requests_total", "HTTP requests by route and status", ["route", "method", "status"]
+    "session_http_requests_total",
+    "HTTP requests by route and status",
+    ["route", "method", "status"],
 )
 HTTP_LATENCY = Histogram(
     "session_http_request_seconds",

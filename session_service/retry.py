@@ -75,5 +75,5 @@ def _mysql_code(orig: BaseException | None) -> int | None:
 
 def backoff_seconds(attempt: int) -> float:
     """Exponential backoff with full jitter: ~10 ms, 20 ms, ... capped at 500 ms."""
-    ceiling: float = min(0.5, 0.01 * (2 ** attempt))
+    ceiling: float = min(0.5, 0.01 * (2**attempt))
     return random.uniform(ceiling / 2, ceiling)

@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 metadata = MetaData()
 
-_MYSQL_OPTS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 #: MEDIUMBLOB on MySQL/MariaDB (up to 16 MiB), BLOB elsewhere.
 Payload = LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
@@ -51,7 +50,8 @@ sessions = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Index("ix_sessions_expires_at", "expires_at"),
-    **_MYSQL_OPTS,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
 )
 
 #: Named leases between service instances (background gc runs on one at a time).
@@ -61,7 +61,8 @@ leases = Table(
     Column("name", String(64), primary_key=True),
     Column("holder", String(128), nullable=False),
     Column("expires_at", BigInteger, nullable=False),
-    **_MYSQL_OPTS,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
 )
 
 schema_info = Table(
@@ -69,7 +70,8 @@ schema_info = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("version", Integer, nullable=False),
-    **_MYSQL_OPTS,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
 )
 
 

@@ -102,9 +102,11 @@ def parse_tokens(spec: str) -> dict[str, str]:
         namespace, secret = namespace.strip(), secret.strip()
         if not secret:
             raise ValueError(f"token for namespace {namespace!r} has an empty secret")
-        if not namespace or len(namespace) > 64 or not namespace.replace("_", "").replace(
-            "-", ""
-        ).replace(".", "").isalnum():
+        if (
+            not namespace
+            or len(namespace) > 64
+            or not namespace.replace("_", "").replace("-", "").replace(".", "").isalnum()
+        ):
             raise ValueError(f"namespace {namespace!r} must be 1-64 chars of [A-Za-z0-9_.-]")
         if secret in tokens and tokens[secret] != namespace:
             raise ValueError("one secret is given for two namespaces")

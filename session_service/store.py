@@ -181,7 +181,9 @@ class SessionStore:
         """
         if self._mysql:
             result = conn.execute(
-                update(t).where(where).values(version=func.last_insert_id(t.c.version + 1), **values)
+                update(t)
+                .where(where)
+                .values(version=func.last_insert_id(t.c.version + 1), **values)
             )
             return int(result.lastrowid) if result.rowcount else None
         row = conn.execute(
@@ -279,8 +281,14 @@ class SessionStore:
                 conn.execute(
                     ins.on_duplicate_key_update(
                         [
-                            ("lock_token", case((free, ins.inserted.lock_token), else_=t.c.lock_token)),
-                            ("lock_expires", case((ours, ins.inserted.lock_expires), else_=t.c.lock_expires)),
+                            (
+                                "lock_token",
+                                case((free, ins.inserted.lock_token), else_=t.c.lock_token),
+                            ),
+                            (
+                                "lock_expires",
+                                case((ours, ins.inserted.lock_expires), else_=t.c.lock_expires),
+                            ),
                         ]
                     )
                 )
@@ -291,7 +299,9 @@ class SessionStore:
                     sins.on_conflict_do_update(
                         index_elements=[t.c.namespace, t.c.id_hash],
                         set_={
-                            "lock_token": case((free, sins.excluded.lock_token), else_=t.c.lock_token),
+                            "lock_token": case(
+                                (free, sins.excluded.lock_token), else_=t.c.lock_token
+                            ),
                             "lock_expires": case(
                                 (free, sins.excluded.lock_expires), else_=t.c.lock_expires
                             ),
@@ -491,9 +501,7 @@ class SessionStore:
 
         def after_touch(conn: Connection) -> WriteResult:
             row = conn.execute(
-                select(t.c.version, t.c.expires_at).where(
-                    pk, t.c.expires_at > now, t.c.version > 0
-                )
+                select(t.c.version, t.c.expires_at).where(pk, t.c.expires_at > now, t.c.version > 0)
             ).first()
             if row is None:
                 raise SessionNotFound("no live session with this id")
@@ -553,7 +561,10 @@ class SessionStore:
 
             def one_batch(conn: Connection, dead: ColumnElement[bool] = dead) -> tuple[int, int]:
                 keys = conn.execute(
-                    select(t.c.namespace, t.c.id_hash).where(dead).order_by(t.c.expires_at).limit(size)
+                    select(t.c.namespace, t.c.id_hash)
+                    .where(dead)
+                    .order_by(t.c.expires_at)
+                    .limit(size)
                 ).all()
                 if not keys:
                     return 0, 0
@@ -603,4 +614,6 @@ class SessionStore:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as error:
-            raise StoreUnavailable(f"database unreachable: {getattr(error, 'orig', error)}") from error
+            raise StoreUnavailable(
+                f"database unreachable: {getattr(error, 'orig', error)}"
+            ) from error

@@ -108,7 +108,9 @@ def service_factory(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     started: list[ServiceProcess] = []
 
     def factory(db_url: str, **kwargs: object) -> ServiceProcess:
-        service = ServiceProcess(db_url=db_url, log_path=tmp_path / f"service-{len(started)}.log", **kwargs)  # type: ignore[arg-type]
+        service = ServiceProcess(
+            db_url=db_url, log_path=tmp_path / f"service-{len(started)}.log", **kwargs
+        )  # type: ignore[arg-type]
         started.append(service)
         return service.start()
 

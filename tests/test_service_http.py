@@ -183,7 +183,10 @@ def test_binary_data_round_trips_in_both_formats(http: httpx.Client, fmt: str) -
     payload = bytes(range(256)) * 8
     if fmt == "msgpack":
         body = msgpack.packb({"data": payload, "ttl": 100})
-        assert http.put(f"/v1/sessions/{sid}", content=body, headers={**TOKEN, **MP}).status_code == 200
+        assert (
+            http.put(f"/v1/sessions/{sid}", content=body, headers={**TOKEN, **MP}).status_code
+            == 200
+        )
         got = msgpack.unpackb(http.get(f"/v1/sessions/{sid}", headers={**TOKEN, **MP}).content)
         assert got["data"] == payload
     else:

@@ -215,7 +215,9 @@ def test_too_large_is_refused_and_leaves_the_session_intact(
     assert store.write(NS, sid, b"y" * 1000, 100, lock=held.lock).version == 2
 
 
-@pytest.mark.parametrize("bad", ["short", "a" * 21, "a" * 257, "a" * 30 + "/", "é" * 30, "a b" * 10])
+@pytest.mark.parametrize(
+    "bad", ["short", "a" * 21, "a" * 257, "a" * 30 + "/", "é" * 30, "a b" * 10]
+)
 def test_invalid_ids_are_refused(store: SessionStore, bad: str) -> None:
     with pytest.raises(InvalidSessionId):
         store.read(NS, bad)

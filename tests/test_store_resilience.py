@@ -91,7 +91,9 @@ def test_unlocked_write_lost_after_commit_bumps_version_once(mariadb_store: Sess
 
 def test_unreachable_database_raises_store_unavailable_quickly() -> None:
     settings = Settings(
-        db_url="mysql+pymysql://root@127.0.0.1:1/nowhere", db_retry_seconds=0.3, db_connect_timeout=1
+        db_url="mysql+pymysql://root@127.0.0.1:1/nowhere",
+        db_retry_seconds=0.3,
+        db_connect_timeout=1,
     )
     store = SessionStore(settings)
     with pytest.raises(StoreUnavailable):

@@ -73,7 +73,10 @@ def _body_doc(properties: dict[str, Any], required: list[str]) -> dict[str, Any]
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": schema}, "application/msgpack": {"schema": schema}},
+            "content": {
+                "application/json": {"schema": schema},
+                "application/msgpack": {"schema": schema},
+            },
         }
     }
 
@@ -147,7 +150,9 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         namespace = auth.namespace(request.headers.get("authorization"))
         if not is_valid_session_id(sid):
             raise ApiError(
-                400, "invalid_session_id", "session id must be 22 to 256 characters of [A-Za-z0-9,-]"
+                400,
+                "invalid_session_id",
+                "session id must be 22 to 256 characters of [A-Za-z0-9,-]",
             )
         return namespace
 
@@ -187,7 +192,9 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         return encode(request, _record_payload(record))
 
     @app.head(
-        "/v1/sessions/{sid}", summary="Does a live session exist?", responses=_responses(200, None, 404)
+        "/v1/sessions/{sid}",
+        summary="Does a live session exist?",
+        responses=_responses(200, None, 404),
     )
     async def session_exists(request: Request, sid: SessionId) -> Response:
         namespace = authorize(request, sid)
@@ -294,7 +301,9 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     @app.post(
         "/v1/gc",
         summary="Delete expired sessions now",
-        responses=_responses(200, {"type": "object", "properties": {"deleted": {"type": "integer"}}}),
+        responses=_responses(
+            200, {"type": "object", "properties": {"deleted": {"type": "integer"}}}
+        ),
     )
     async def collect(request: Request) -> Response:
         auth.namespace(request.headers.get("authorization"))
@@ -305,7 +314,9 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz", summary="The database answers", responses={503: {"description": "not ready"}})
+    @app.get(
+        "/readyz", summary="The database answers", responses={503: {"description": "not ready"}}
+    )
     async def readyz() -> JSONResponse:
         try:
             await asyncio.wait_for(run_in_threadpool(store.ping), timeout=5)

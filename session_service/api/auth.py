@@ -28,10 +28,14 @@ class TokenAuth:
         if self.disabled:
             return "default"
         if not header:
-            raise ApiError(401, "unauthorized", "missing Authorization: Bearer token", _UNAUTHORIZED)
+            raise ApiError(
+                401, "unauthorized", "missing Authorization: Bearer token", _UNAUTHORIZED
+            )
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
-            raise ApiError(401, "unauthorized", "Authorization must be 'Bearer <token>'", _UNAUTHORIZED)
+            raise ApiError(
+                401, "unauthorized", "Authorization must be 'Bearer <token>'", _UNAUTHORIZED
+            )
         digest = hashlib.sha256(secret.strip().encode()).digest()
         found: str | None = None
         for known, namespace in self._digests:

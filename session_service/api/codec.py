@@ -63,7 +63,9 @@ def decode(content_type: str, body: bytes) -> dict[str, Any]:
         binary_data = False
     elif not kind:
         raise ApiError(
-            415, "unsupported_media_type", "Content-Type must be application/msgpack or application/json"
+            415,
+            "unsupported_media_type",
+            "Content-Type must be application/msgpack or application/json",
         )
     else:
         raise ApiError(
@@ -91,7 +93,9 @@ def _as_bytes(value: Any, binary: bool) -> bytes:
     raise ApiError(422, "invalid_request", "data must be bytes (msgpack bin, or base64 in JSON)")
 
 
-def int_field(body: dict[str, Any], name: str, low: int, high: int, *, required: bool) -> int | None:
+def int_field(
+    body: dict[str, Any], name: str, low: int, high: int, *, required: bool
+) -> int | None:
     value = body.get(name)
     if value is None:
         if required:

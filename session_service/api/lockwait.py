@@ -10,6 +10,7 @@ holder's lease end).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -41,9 +42,7 @@ class LockWaiter:
         if gate is not None:
             gate.released.set()
 
-    async def acquire(
-        self, namespace: str, sid: str, wait_ms: int, lease_ms: int
-    ) -> SessionRecord:
+    async def acquire(self, namespace: str, sid: str, wait_ms: int, lease_ms: int) -> SessionRecord:
         started = time.monotonic()
         deadline = started + wait_ms / 1000
         key = (namespace, sid)
@@ -87,14 +86,10 @@ class LockWaiter:
             held_for = max(0.0, attempt.held_until_ms / 1000 - self._store.now_ms() / 1000)
             if remaining <= 0:
                 self._timed_out(started)
-                raise LockTimeout(
-                    "session is locked by another request", int(held_for * 1000)
-                )
+                raise LockTimeout("session is locked by another request", int(held_for * 1000))
             sleep = min(remaining, pause, max(held_for, 0.001))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(gate.released.wait(), sleep)
-            except TimeoutError:
-                pass
             pause = min(_MAX_POLL, pause * 1.5)
 
     @staticmethod
