@@ -76,7 +76,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
     private bool $isNew = false;
     /** The lock of $sid was not obtained: the data is served read-only. */
     private bool $readOnly = false;
-    /** The service was unavailable under on_unavailable=empty: never write in this request. */
+    /** The service was unavailable under on_unavailable=empty: never write until close(). */
     private bool $degraded = false;
 
     /** Result of validateId()'s lock-and-read, handed to the read() that follows. */
@@ -163,6 +163,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             $this->release($this->sid, $this->lock);
         }
         $this->resetState(null);
+        $this->degraded = false; // the next session_start() asks the service again
 
         return true;
     }
@@ -171,6 +172,9 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
     {
         if (!preg_match(self::SID_PATTERN, $id)) {
             return false; // the service would refuse it; PHP makes a fresh id
+        }
+        if ($this->sid === $id && null !== $this->lock) {
+            return true; // we hold its lock (session_reset()): it exists, as a files handler's file does
         }
         $data = $this->acquire($id);
         if (false === $data || $this->readOnly || $this->degraded) {
@@ -226,16 +230,6 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
 
             return true;
         }
-        if ($mine && $this->isNew && '' === $data) {
-            // An empty new session is not stored (nothing to keep); just let go of its lock.
-            if (null !== $this->lock) {
-                $this->release($id, $this->lock);
-            }
-            $this->resetState(null);
-
-            return true;
-        }
-
         return $this->put($id, $data);
     }
 
@@ -310,6 +304,15 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
     /** Lock (exclusive mode) or plain read (none mode) of $id; sets the state to $id. */
     private function acquire(string $id): string|false
     {
+        if ($this->sid === $id && null !== $this->lock) {
+            // Read again under the lock we already hold (session_reset()): locking
+            // again would wait for ourselves.
+            $lock = $this->lock;
+            $data = $this->plainRead($id, 'read');
+            $this->lock = $lock;
+
+            return $data;
+        }
         $this->resetState($id);
         if (!preg_match(self::SID_PATTERN, $id)) {
             self::log(sprintf('%s: session id refused: it must be 22 to 256 characters of [A-Za-z0-9,-] (enable session.use_strict_mode so PHP replaces such ids)', self::label($id)));

@@ -110,6 +110,7 @@ class ServiceProcess:
 
 
 LOG_LINE = re.compile(r"^\[[^\]]+\] ")
+PHP_MESSAGE = re.compile(r"(PHP )?(Warning|Notice|Deprecated|Fatal error|Parse error|Strict Standards):")
 
 
 class PhpNode:
@@ -160,6 +161,7 @@ class PhpNode:
             )  # fmt: skip
         self._wait_listening()
         self._offset = 0
+        self._err_offset = 0
         self.pending: list[str] = []
 
     def _wait_listening(self) -> None:
@@ -175,9 +177,18 @@ class PhpNode:
         raise RuntimeError("php -S not listening")
 
     def collect(self) -> list[str]:
-        """New lines of the node's error log (a PHP message may span lines)."""
-        text = self.error_log.read_bytes()[self._offset :].decode("utf-8", "replace")
-        self._offset += len(text.encode("utf-8"))
+        """New lines of the node's error log (a PHP message may span lines), plus any
+        PHP message the server printed on stderr (startup warnings, for instance)."""
+        raw = self.error_log.read_bytes()
+        text = raw[self._offset :].decode("utf-8", "replace")
+        self._offset = len(raw)
+        err = self.stderr_log.read_bytes()
+        self.pending.extend(
+            line
+            for line in err[self._err_offset :].decode("utf-8", "replace").splitlines()
+            if PHP_MESSAGE.search(line)
+        )
+        self._err_offset = len(err)
         entries: list[str] = []
         for line in text.splitlines():
             if LOG_LINE.match(line) or not entries:

@@ -313,3 +313,62 @@ def test_symfony_native_session_storage(start_node: NodeFactory, service: Servic
     forged = Browser("forgedsymfonysessionid0123456789")
     assert forged.get(sym[0], "incr", page="symfony.php")["n"] == 1
     assert forged.sid != "forgedsymfonysessionid0123456789"
+
+
+def test_session_reset_rereads_under_own_lock(nodes: list[PhpNode]) -> None:
+    b = Browser()
+    b.get(nodes[0], "incr")
+    t = time.monotonic()
+    out = b.get(nodes[1], "reset")
+    assert time.monotonic() - t < 1.5, "session_reset() must not wait for its own lock"
+    assert out["reset"] is True and out["n"] == 1
+    assert b.get(nodes[2], "get")["session"] == {"n": 2}
+
+
+def test_regenerate_without_delete_keeps_old_session(
+    nodes: list[PhpNode], service: ServiceProcess
+) -> None:
+    b = Browser()
+    b.get(nodes[0], "incr")
+    old = b.sid
+    out = b.get(nodes[1], "regenerate_keep")
+    assert out["regenerated"] is True and b.sid != old
+    assert old and service.exists(old)
+    assert b.get(nodes[2], "get")["session"] == {"n": 2}
+    assert Browser(old).get(nodes[0], "get")["session"] == {"n": 1}
+
+
+def test_empty_session_keeps_its_id(nodes: list[PhpNode], service: ServiceProcess) -> None:
+    """Like the files handler (which creates an empty file), an empty session exists."""
+    b = Browser()
+    first = b.get(nodes[0], "id")["id"]
+    assert service.exists(first)
+    assert b.get(nodes[1], "id")["id"] == first
+    assert b.get(nodes[2], "incr")["n"] == 1 and b.sid == first
+
+
+def test_lock_lost_after_lease_is_logged(start_node: NodeFactory, service: ServiceProcess) -> None:
+    """A request that outlives its lease loses the lock: its write is refused (409), logged."""
+    node = start_node(service.url, lock_lease_ms="500")
+    b = Browser()
+    b.get(node, "incr")
+    sid = b.sid
+
+    def call(i: int) -> dict[str, object]:
+        if i == 1:
+            time.sleep(0.8)  # after the first request's lease ran out
+        return Browser(sid).get(node, "incr", sleep_ms=1500 if i == 0 else 0)
+
+    slow, fast = run_concurrently(call, 2)
+    assert slow["n"] == 2 and fast["n"] == 2
+    node.expect(r"session-service: session [0-9a-f]{12}: write failed: \S+ answered HTTP 409 lock_lost.*the lock was lost")
+    node.expect(r"PHP Warning:  Unknown: Failed to write session data using user defined save handler")
+    assert b.get(node, "get")["session"] == {"n": 2}, "the stale write did not overwrite"
+
+
+def test_wrong_token_fails_clearly(start_node: NodeFactory, service: ServiceProcess) -> None:
+    node = start_node(service.url, token="not-the-token")
+    out = Browser().get(node, "incr")
+    assert out["started"] is False
+    node.expect(r"session-service: session [0-9a-f]{12}: lock failed: \S+ answered HTTP 401 unauthorized.*check SESSION_SERVICE_TOKEN")
+    node.expect(READ_FAILED)

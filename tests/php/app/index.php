@@ -81,8 +81,23 @@ switch ($op) {
         $f();
         break;
 
-    case 'id':
-        $out['started'] = session_start(['read_and_close' => true]);
+    case 'id': // start a session, store nothing
+        $out['started'] = session_start();
+        break;
+
+    case 'reset': // change, then session_reset() back to the stored data (lock still held)
+        $out['started'] = session_start();
+        $_SESSION['n'] = 1000;
+        $out['reset'] = session_reset();
+        $out['n'] = $_SESSION['n'] ?? null;
+        $_SESSION['n'] = ($_SESSION['n'] ?? 0) + 1;
+        break;
+
+    case 'regenerate_keep': // session_regenerate_id(false): the old session keeps its data
+        $out['started'] = session_start();
+        $out['old_id'] = session_id();
+        $out['regenerated'] = session_regenerate_id(false);
+        $_SESSION['n'] = ($_SESSION['n'] ?? 0) + 1;
         break;
 
     default:
