@@ -362,7 +362,7 @@ def test_lock_lost_after_lease_is_logged(start_node: NodeFactory, service: Servi
     slow, fast = run_concurrently(call, 2)
     assert slow["n"] == 2 and fast["n"] == 2
     node.expect(r"session-service: session [0-9a-f]{12}: write failed: \S+ answered HTTP 409 lock_lost.*the lock was lost")
-    node.expect(r"PHP Warning:  Unknown: Failed to write session data using user defined save handler")
+    node.expect(WRITE_FAILED)
     assert b.get(node, "get")["session"] == {"n": 2}, "the stale write did not overwrite"
 
 
