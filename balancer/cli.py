@@ -60,10 +60,9 @@ def build_parser() -> Parser:
     p.add_argument("--stats", metavar="[HOST:]PORT", help="serve stats (/, /stats, /metrics)")
     p.add_argument(
         "--debug-header",
-        metavar="NAME",
-        nargs="?",
+        action="store_const",
         const="X-Balancer-Backend",
-        help="add a response header naming the backend (default name X-Balancer-Backend)",
+        help="add an X-Balancer-Backend response header naming the backend (for debugging)",
     )
     p.add_argument("--pidfile", metavar="FILE", help="write the process id to FILE")
     t = p.add_argument_group("timeouts (seconds)")

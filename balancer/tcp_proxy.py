@@ -108,9 +108,14 @@ class TcpClient(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
+        """Half-close: pass the EOF on; once both directions ended, close both."""
         self.eof = True
-        if self.upstream is not None:
-            self.upstream.write_eof()
+        upstream = self.upstream
+        if upstream is not None:
+            if upstream.eof:
+                upstream.close()
+                return False
+            upstream.write_eof()
         return True
 
     def write(self, data: bytes) -> None:
@@ -169,6 +174,7 @@ class TcpUpstream(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.closed = False
+        self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -177,6 +183,10 @@ class TcpUpstream(asyncio.Protocol):
         self.client.write(data)
 
     def eof_received(self) -> bool:
+        self.eof = True
+        if self.client.eof:
+            self.close()
+            return False
         self.client.write_eof()
         return True
 

@@ -1,0 +1,209 @@
+"""Fixtures for the balancer tests: real backend processes and a real balancer process.
+
+Everything listens on free loopback ports; nothing is mocked. Waiting loops are bounded
+in count and time, and they wait for a state (a port open, a backend UP), never assert
+on how long something took.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKEND_SCRIPT = Path(__file__).with_name("backend_server.py")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+    for _ in range(200):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.025)
+    raise RuntimeError(f"port {port} never opened")
+
+
+class BackendProcess:
+    """One backend server process that answers with its name; can be killed and restarted."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BACKEND_SCRIPT), str(self.port), self.name],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def count(self) -> dict[str, int]:
+        """Requests and bytes this backend has received, asked directly (not via the balancer)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", "/_count")
+            data: dict[str, int] = json.loads(conn.getresponse().read())
+            return data
+        finally:
+            conn.close()
+
+
+class Balancer:
+    """The balancer as a real subprocess (``python -m balancer``)."""
+
+    def __init__(self, args: list[str], port: int, stats_port: int) -> None:
+        self.port = port
+        self.stats_port = stats_port
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "balancer", *args],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for_port(port, self.proc)
+            if stats_port:
+                wait_for_port(stats_port, self.proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self.stop()}") from None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: signal.Signals) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def stats(self) -> dict[str, object]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.stats_port, timeout=10)
+        try:
+            conn.request("GET", "/stats")
+            data: dict[str, object] = json.loads(conn.getresponse().read())
+            return data
+        finally:
+            conn.close()
+
+    def backend_states(self) -> dict[str, str]:
+        backends = self.stats()["backends"]
+        assert isinstance(backends, list)
+        return {b["name"]: b["state"] for b in backends}
+
+    def wait_state(self, name: str, state: str) -> None:
+        """Poll the stats page until backend ``name`` reaches ``state`` (bounded)."""
+        for _ in range(300):
+            if self.backend_states().get(name) == state:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{name} never became {state}: {self.backend_states()}")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace")
+
+
+@pytest.fixture
+def backends() -> Iterator[list[BackendProcess]]:
+    """Three started backends named b1, b2, b3."""
+    started = [BackendProcess(f"b{i}") for i in (1, 2, 3)]
+    try:
+        for backend in started:
+            backend.start()
+        yield started
+    finally:
+        for backend in started:
+            backend.kill()
+
+
+# Short health-check settings keep the suite fast; names are the backends' own.
+FAST_CHECKS = ["--check-interval", "0.1", "--check-timeout", "0.5", "--rise", "2", "--fall", "1"]
+
+StartBalancer = Callable[..., Balancer]
+
+
+@pytest.fixture
+def start_balancer() -> Iterator[StartBalancer]:
+    """Start a balancer: ``start_balancer(backends, *options)`` with named backends."""
+    running: list[Balancer] = []
+
+    def start(
+        backs: list[BackendProcess], *options: str, specs: list[str] | None = None
+    ) -> Balancer:
+        port, stats_port = free_port(), free_port()
+        if specs is None:
+            specs = [f"{b.address},name={b.name}" for b in backs]
+        args = ["-f", "--stats", str(stats_port), *options, str(port), *specs]
+        balancer = Balancer(args, port, stats_port)
+        running.append(balancer)
+        return balancer
+
+    yield start
+    for balancer in running:
+        balancer.stop()
+
+
+def get(port: int, path: str = "/", conn: http.client.HTTPConnection | None = None) -> str:
+    """GET through the balancer; returns the body text, asserting a 200."""
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read().decode()
+        assert response.status == 200, (response.status, body)
+        return body
+    finally:
+        if own:
+            conn.close()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes, then read until the balancer closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)

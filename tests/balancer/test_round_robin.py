@@ -1,0 +1,153 @@
+"""Round robin with no hidden stickiness, and what is forwarded to the backends."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections import Counter
+
+from tests.balancer.conftest import BackendProcess, StartBalancer, get, raw_exchange
+
+
+def test_one_keepalive_client_sees_each_backend_exactly_ten_times(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends)
+    conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+    names = [get(balancer.port, conn=conn) for _ in range(30)]
+    sock = conn.sock
+    get(balancer.port, conn=conn)
+    assert conn.sock is sock, "the client connection was not kept alive"
+    conn.close()
+    assert Counter(names) == {"b1": 10, "b2": 10, "b3": 10}
+    assert names[:6] == ["b1", "b2", "b3", "b1", "b2", "b3"]
+
+
+def test_connection_close_clients_rotate_too(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends)
+    names = []
+    for _ in range(9):
+        conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+        conn.request("GET", "/", headers={"Connection": "close"})
+        response = conn.getresponse()
+        assert response.getheader("Connection") == "close"
+        names.append(response.read().decode())
+        conn.close()
+    assert Counter(names) == {"b1": 3, "b2": 3, "b3": 3}
+
+
+def test_tcp_mode_moves_each_new_connection_to_the_next_backend(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends, "--tcp")
+    names = []
+    for _ in range(6):
+        conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+        # Several requests on one connection stay on one backend in TCP mode.
+        first, second = get(balancer.port, conn=conn), get(balancer.port, conn=conn)
+        assert first == second
+        names.append(first)
+        conn.close()
+    # (The fixture's own readiness probe was a connection too, so the cycle may start anywhere.)
+    assert sorted(names[:3]) == ["b1", "b2", "b3"] and names[3:] == names[:3]
+
+
+def test_weights_are_respected_exactly(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    b1, b2, _ = backends
+    balancer = start_balancer([], specs=[f"{b1.address},weight=2,name=b1", f"{b2.address},name=b2"])
+    conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+    names = [get(balancer.port, conn=conn) for _ in range(30)]
+    conn.close()
+    assert Counter(names) == {"b1": 20, "b2": 10}
+
+
+def test_pipelined_requests_are_answered_in_order_by_successive_backends(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends)
+    request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+    last = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    data = raw_exchange(balancer.port, request * 3 + last)
+    assert data.count(b"HTTP/1.1 200 OK") == 4
+    bodies = [part.rsplit(b"\r\n\r\n", 1)[-1] for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert bodies == [b"b1", b"b2", b"b3", b"b1"]
+
+
+def test_forwarded_headers_are_set_and_hop_by_hop_headers_dropped(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends[:1], "--debug-header")
+    conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+    conn.request(
+        "GET",
+        "/headers",
+        headers={
+            "Host": "shop.example:8080",
+            "X-Forwarded-For": "203.0.113.7",
+            "X-Forwarded-Proto": "https-spoofed",
+            "Connection": "keep-alive, X-Secret-Hop",
+            "X-Secret-Hop": "must not pass",
+            "Keep-Alive": "timeout=5",
+            "TE": "trailers",
+            "X-Custom": "kept",
+        },
+    )
+    response = conn.getresponse()
+    seen = json.loads(response.read())
+    assert response.getheader("X-Balancer-Backend") == "b1"
+    assert response.getheader("Connection") is None  # HTTP/1.1 keep-alive is the default
+    headers = {name.lower(): value for name, value in seen["headers"]}
+    assert headers["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == "shop.example:8080"
+    assert headers["host"] == "shop.example:8080"
+    assert headers["x-custom"] == "kept"
+    for hop in ("connection", "x-secret-hop", "keep-alive", "te"):
+        assert hop not in headers
+    conn.close()
+
+
+def test_head_204_and_http10_clients(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends)
+    conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+    conn.request("HEAD", "/download?n=5000")
+    response = conn.getresponse()
+    assert response.status == 200 and response.getheader("Content-Length") == "5000"
+    assert response.read() == b""
+    conn.request("GET", "/nocontent")
+    response = conn.getresponse()
+    assert response.status == 204 and response.read() == b""
+    assert get(balancer.port, conn=conn) in {"b1", "b2", "b3"}  # still in sync
+    conn.close()
+    # An HTTP/1.0 client gets a chunked backend response as a close-delimited body.
+    data = raw_exchange(balancer.port, b"GET /download?n=70000&chunked=1 HTTP/1.0\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+    assert b"chunked" not in head.lower() and body == b"x" * 70000
+
+
+def test_a_stats_port_serves_json_html_and_prometheus(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends)
+    for _ in range(3):
+        get(balancer.port)
+    stats = balancer.stats()
+    assert stats["requests"] == 3
+    assert balancer.backend_states() == {"b1": "UP", "b2": "UP", "b3": "UP"}
+    with socket.create_connection(("127.0.0.1", balancer.stats_port), 10):
+        pass
+    for path, needle in (("/", b"<table>"), ("/metrics", b'balancer_backend_up{backend="b1"')):
+        conn = http.client.HTTPConnection("127.0.0.1", balancer.stats_port, timeout=10)
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == 200
+        assert needle in response.read()
+        conn.close()
