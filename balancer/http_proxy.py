@@ -103,6 +103,13 @@ class ClientConnection(asyncio.Protocol):
         if self.error is not None:
             fe.bad_requests += 1
             self._pause("error")
+            current = self.current
+            if current is not None and not current.request_done:
+                # The request being forwarded turned out malformed (a bad chunk, say):
+                # drop it and its backend connection; nothing of this read was sent.
+                current.client_lost()
+                self.current = None
+                self.queue.clear()
             self._event(ERROR, self.error)
             return
         current = self.current

@@ -53,11 +53,15 @@ class BackendProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(BACKEND_SCRIPT), str(self.port), self.name],
             stdout=subprocess.DEVNULL,
         )
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
         wait_for_port(self.port, self.proc)
 
     def kill(self) -> None:
@@ -144,7 +148,9 @@ def backends() -> Iterator[list[BackendProcess]]:
     started = [BackendProcess(f"b{i}") for i in (1, 2, 3)]
     try:
         for backend in started:
-            backend.start()
+            backend.start(wait=False)
+        for backend in started:
+            backend.wait()
         yield started
     finally:
         for backend in started:
@@ -157,19 +163,26 @@ FAST_CHECKS = ["--check-interval", "0.1", "--check-timeout", "0.5", "--rise", "2
 StartBalancer = Callable[..., Balancer]
 
 
+def make_balancer(
+    backs: list[BackendProcess], *options: str, specs: list[str] | None = None
+) -> Balancer:
+    """Start a balancer in front of ``backs`` (named after them) with extra ``options``."""
+    port, stats_port = free_port(), free_port()
+    if specs is None:
+        specs = [f"{b.address},name={b.name}" for b in backs]
+    args = ["-f", "--stats", str(stats_port), *options, str(port), *specs]
+    return Balancer(args, port, stats_port)
+
+
 @pytest.fixture
 def start_balancer() -> Iterator[StartBalancer]:
-    """Start a balancer: ``start_balancer(backends, *options)`` with named backends."""
+    """Start a balancer: ``start_balancer(backends, *options)``; stopped after the test."""
     running: list[Balancer] = []
 
     def start(
         backs: list[BackendProcess], *options: str, specs: list[str] | None = None
     ) -> Balancer:
-        port, stats_port = free_port(), free_port()
-        if specs is None:
-            specs = [f"{b.address},name={b.name}" for b in backs]
-        args = ["-f", "--stats", str(stats_port), *options, str(port), *specs]
-        balancer = Balancer(args, port, stats_port)
+        balancer = make_balancer(backs, *options, specs=specs)
         running.append(balancer)
         return balancer
 

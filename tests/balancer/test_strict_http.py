@@ -1,0 +1,170 @@
+"""Strict parsing and limits: smuggling shapes get a 400 and never reach a backend."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.balancer.conftest import (
+    BackendProcess,
+    Balancer,
+    StartBalancer,
+    make_balancer,
+    raw_exchange,
+)
+
+H = b"POST / HTTP/1.1\r\nHost: t\r\n"
+SMUGGLING = {
+    "content-length and transfer-encoding": H
+    + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "transfer-encoding and content-length": H
+    + b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+    "conflicting content-length": H + b"Content-Length: 3\r\nContent-Length: 5\r\n\r\nabcde",
+    "repeated content-length": H + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    "content-length list": H + b"Content-Length: 3, 3\r\n\r\nabc",
+    "invalid content-length": H + b"Content-Length: 3x\r\n\r\nabc",
+    "signed content-length": H + b"Content-Length: +3\r\n\r\nabc",
+    "invalid chunk size": H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    "chunk size overflow": H + b"Transfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\nx\r\n",
+    "unknown transfer-encoding": H + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "obsolete line folding": b"GET / HTTP/1.1\r\nHost: t\r\nX-A: b\r\n c\r\n\r\n",
+    "bare LF line end": b"GET / HTTP/1.1\r\nHost: t\nX-A: b\r\n\r\n",
+    "bare CR in header": b"GET / HTTP/1.1\r\nHost: t\r\nX-A: b\rc\r\n\r\n",
+    "bare LF in chunk": H + b"Transfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n",
+    "space before colon": b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n\r\n",
+    "two host headers": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "missing host": b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n",
+    "HTTP/0.9": b"GET /\r\n\r\n",
+}
+
+
+@pytest.fixture
+def one_backend(backends: list[BackendProcess]) -> BackendProcess:
+    return backends[0]
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[tuple[BackendProcess, Balancer]]:
+    """One backend and one balancer for all the smuggling shapes (they are independent)."""
+    backend = BackendProcess("b1")
+    backend.start()
+    balancer = make_balancer([backend])
+    yield backend, balancer
+    balancer.stop()
+    backend.kill()
+
+
+@pytest.mark.parametrize("shape", list(SMUGGLING))
+def test_smuggling_shapes_get_400_and_reach_no_backend(
+    shape: str, shared: tuple[BackendProcess, Balancer]
+) -> None:
+    one_backend, balancer = shared
+    before = one_backend.count()
+    answer = raw_exchange(balancer.port, SMUGGLING[shape])
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert answer.count(b"HTTP/1.1") == 1
+    assert one_backend.count() == before
+
+
+def test_a_smuggled_request_after_a_good_one_is_not_forwarded(
+    one_backend: BackendProcess, start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer([one_backend])
+    before = one_backend.count()["requests"]
+    good = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+    answer = raw_exchange(balancer.port, good + SMUGGLING["content-length and transfer-encoding"])
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b"HTTP/1.1 400 " in answer
+    assert one_backend.count()["requests"] == before + 1
+
+
+def test_oversized_headers_get_431(
+    one_backend: BackendProcess, start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer([one_backend], "--max-header-size", "4096")
+    before = one_backend.count()
+    big = b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
+    assert raw_exchange(balancer.port, big).startswith(b"HTTP/1.1 431 ")
+    many = b"GET / HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(150))
+    assert raw_exchange(balancer.port, many + b"\r\n").startswith(b"HTTP/1.1 431 ")
+    # A head that never ends is cut off once it passes the limit, not buffered forever.
+    endless = b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000
+    assert raw_exchange(balancer.port, endless).startswith(b"HTTP/1.1 431 ")
+    assert one_backend.count() == before
+
+
+def test_websocket_upgrade_is_refused(
+    one_backend: BackendProcess, start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer([one_backend])
+    before = one_backend.count()
+    upgrade = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    assert raw_exchange(balancer.port, upgrade).startswith(b"HTTP/1.1 501 ")
+    assert one_backend.count() == before
+
+
+def test_a_client_sending_headers_slowly_is_cut_off_at_the_header_timeout(
+    one_backend: BackendProcess, start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer([one_backend], "--header-timeout", "1")
+    before = one_backend.count()
+    pieces = [b"GET / HTTP/1.1\r\n", b"Host: t\r\n"] + [b"X-Slow-%d: v\r\n" % i for i in range(40)]
+    sent = 0
+    answer = b""
+    with socket.create_connection(("127.0.0.1", balancer.port), 30) as sock:
+        sock.settimeout(0.25)
+        for piece in pieces:  # one header line every 0.25 s: 10 s in all if never cut off
+            try:
+                sock.sendall(piece)
+                sent += 1
+                answer += sock.recv(4096)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if answer:
+                break
+        sock.settimeout(10)
+        while True:
+            try:
+                chunk = sock.recv(4096)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert sent < len(pieces), "the slow client was never cut off"
+    assert one_backend.count() == before
+
+
+def test_an_idle_keepalive_client_is_closed(
+    one_backend: BackendProcess, start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer([one_backend], "--idle-timeout", "0.5")
+    with socket.create_connection(("127.0.0.1", balancer.port), 30) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while not data.endswith(b"b1"):
+            data += sock.recv(4096)
+        sock.settimeout(10)
+        assert sock.recv(4096) == b""  # closed by the balancer, without a response
+
+
+def test_connections_over_max_conn_are_refused_with_503(
+    one_backend: BackendProcess, start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer([one_backend], "--max-conn", "2")
+    time.sleep(0.1)  # let the readiness probe's connection close (state, not timing)
+    held = [socket.create_connection(("127.0.0.1", balancer.port), 10) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK")
+        answer = raw_exchange(balancer.port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+    finally:
+        for sock in held:
+            sock.close()
