@@ -171,7 +171,7 @@ class BackendPool:
         backend.check_successes = 0
         if backend.up:
             backend.up = False
-            backend.current = 0.0
+            self._restart_rotation()
             backend.close_idle()
             log.warning("backend %s is DOWN: %s", backend.label, reason)
 
@@ -180,9 +180,14 @@ class BackendPool:
         backend.check_failures = 0
         if not backend.up:
             backend.up = True
-            backend.current = 0.0
+            self._restart_rotation()
             backend.up_since = time.monotonic() if self.slowstart > 0 else 0.0
             log.warning("backend %s is UP", backend.label)
+
+    def _restart_rotation(self) -> None:
+        """After a change, start a clean cycle so that the rotation is exact again."""
+        for backend in self.backends:
+            backend.current = 0.0
 
     def replace_specs(self, specs: Iterable[BackendSpec]) -> None:
         """SIGHUP: keep state of backends that stay, add new ones, retire removed ones.

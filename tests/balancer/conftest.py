@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,11 +109,11 @@ class Balancer:
     def signal(self, sig: signal.Signals) -> None:
         os.kill(self.proc.pid, sig)
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> dict[str, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.stats_port, timeout=10)
         try:
             conn.request("GET", "/stats")
-            data: dict[str, object] = json.loads(conn.getresponse().read())
+            data: dict[str, Any] = json.loads(conn.getresponse().read())
             return data
         finally:
             conn.close()

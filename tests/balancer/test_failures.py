@@ -1,0 +1,202 @@
+"""Backends failing and returning, all backends down, and the signals (TERM drains, HUP reloads)."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import threading
+from collections import Counter
+from pathlib import Path
+
+from tests.balancer.conftest import (
+    FAST_CHECKS,
+    BackendProcess,
+    StartBalancer,
+    get,
+    raw_exchange,
+)
+
+
+def test_a_killed_backend_fails_no_get_then_rejoins_after_its_checks_pass(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends, *FAST_CHECKS, "--slowstart", "0")
+    b2 = backends[1]
+    conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+    before = [get(balancer.port, conn=conn) for _ in range(30)]
+    assert Counter(before) == {"b1": 10, "b2": 10, "b3": 10}
+
+    hammers = [Hammer(balancer.port) for _ in range(3)]  # concurrent keep-alive clients
+    for hammer in hammers:
+        hammer.start()
+    b2.kill()  # its pooled keep-alive connections die with it: GETs are retried elsewhere
+    during = [get(balancer.port, conn=conn) for _ in range(30)]
+    balancer.wait_state("b2", "DOWN")
+    after_down = [get(balancer.port, conn=conn) for _ in range(20)]
+    assert "b2" not in during[1:] and "b2" not in after_down
+    assert set(after_down) == {"b1", "b3"}  # (other clients share the rotation meanwhile)
+
+    b2.start()
+    balancer.wait_state("b2", "UP")
+    marks = [len(h.names) for h in hammers]
+    while sum(len(h.names) for h in hammers) < sum(marks) + 60:
+        threading.Event().wait(0.02)
+    for hammer in hammers:
+        hammer.halt.set()
+        hammer.join(30)
+    assert [h.failures for h in hammers] == [[], [], []]
+    assert sum(len(h.names) for h in hammers) > 100
+    assert "b2" in {name for h, mark in zip(hammers, marks, strict=True) for name in h.names[mark:]}
+    back = [get(balancer.port, conn=conn) for _ in range(30)]
+    assert Counter(back) == {"b1": 10, "b2": 10, "b3": 10}
+    conn.close()
+    backend = next(b for b in balancer.stats()["backends"] if b["name"] == "b2")
+    assert backend["retries"] >= 1 or backend["failures"] >= 1
+
+
+def test_a_refused_connect_marks_the_backend_down_at_once(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    # Health checks are slow here, so only the failed connect can take b1 out.
+    balancer = start_balancer(backends, "--check-interval", "60")
+    backends[0].kill()
+    names = [get(balancer.port) for _ in range(6)]  # new connections: no pooled one to reuse
+    assert "b1" not in names
+    assert balancer.backend_states()["b1"] == "DOWN"
+
+
+def test_all_backends_down_gives_a_quick_503_with_a_clear_body(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends, *FAST_CHECKS)
+    for backend in backends:
+        backend.kill()
+    for backend in backends:
+        balancer.wait_state(backend.name, "DOWN")
+    answer = raw_exchange(balancer.port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert b"no backend is available: all 3 backends are down" in answer
+
+
+def test_a_returning_backend_is_eased_in_by_slow_start(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends, *FAST_CHECKS, "--slowstart", "60")
+    b1 = backends[0]
+    b1.kill()
+    balancer.wait_state("b1", "DOWN")
+    b1.start()
+    balancer.wait_state("b1", "UP")
+    conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+    names = Counter(get(balancer.port, conn=conn) for _ in range(40))
+    conn.close()
+    # At the start of a 60 s ramp b1 weighs 10 % of the others: a few requests, not a third.
+    assert 0 < names["b1"] <= 4
+    weights = {b["name"]: b["effective_weight"] for b in balancer.stats()["backends"]}
+    assert weights["b1"] < 1 and weights["b2"] == 1
+
+
+class Hammer(threading.Thread):
+    """Sequential GETs over one keep-alive connection until stopped; records every outcome."""
+
+    def __init__(self, port: int, path: str = "/") -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.path = path
+        self.names: list[str] = []
+        self.failures: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        for _ in range(20000):  # bounded
+            if self.halt.is_set():
+                break
+            try:
+                conn.request("GET", self.path)
+                response = conn.getresponse()
+                body = response.read().decode()
+                if response.status != 200:
+                    self.failures.append(f"{response.status} {body}")
+                else:
+                    self.names.append(body)
+                if response.getheader("Connection") == "close":
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            except (OSError, http.client.HTTPException) as exc:
+                self.failures.append(repr(exc))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.close()
+
+
+def test_sighup_reloads_the_backends_with_no_failed_request(
+    backends: list[BackendProcess], start_balancer: StartBalancer, tmp_path: Path
+) -> None:
+    b1, b2, b3 = backends
+    config = tmp_path / "balancer.toml"
+
+    def write(*backs: BackendProcess) -> None:
+        entries = "".join(
+            f'[[backend]]\naddress = "{b.address}"\nname = "{b.name}"\n\n' for b in backs
+        )
+        config.write_text(f"[health]\ninterval = 0.1\n\n{entries}")
+
+    write(b1, b2)
+    balancer = start_balancer([], "--config", str(config), specs=[])
+    hammers = [Hammer(balancer.port) for _ in range(3)]
+    for hammer in hammers:
+        hammer.start()
+    while sum(len(h.names) for h in hammers) < 200:
+        threading.Event().wait(0.02)
+    pre = [len(h.names) for h in hammers]
+    write(b2, b3)
+    balancer.signal(signal.SIGHUP)
+    for _ in range(500):
+        if balancer.backend_states() == {"b2": "UP", "b3": "UP"}:
+            break
+        threading.Event().wait(0.02)
+    marks = [len(h.names) for h in hammers]
+    while sum(len(h.names) for h in hammers) < sum(marks) + 300:
+        threading.Event().wait(0.02)
+    for hammer in hammers:
+        hammer.halt.set()
+        hammer.join(30)
+    assert [h.failures for h in hammers] == [[], [], []]
+    before = Counter(name for h, mark in zip(hammers, pre, strict=True) for name in h.names[:mark])
+    after = Counter(name for h, mark in zip(hammers, marks, strict=True) for name in h.names[mark:])
+    assert set(before) == {"b1", "b2"}
+    assert set(after) == {"b2", "b3"}
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends)
+    results: list[str] = []
+
+    def slow_get() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+        try:
+            conn.request("GET", "/slow?s=1.5")
+            response = conn.getresponse()
+            results.append(f"{response.status} {response.read().decode()}")
+        except (OSError, http.client.HTTPException) as exc:
+            results.append(repr(exc))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=slow_get) for _ in range(9)]
+    for thread in threads:
+        thread.start()
+    for _ in range(500):  # wait until every request is in flight at a backend
+        if sum(b.count()["requests"] for b in backends) >= 9:
+            break
+        threading.Event().wait(0.02)
+    balancer.signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results) == sorted(f"200 {b.name}" for b in backends for _ in range(3))
+    assert balancer.proc.wait(30) == 0
+    log = balancer.stop()
+    assert "draining 9 connection(s)" in log and "Traceback" not in log
