@@ -41,6 +41,7 @@ def create_store_engine(settings: Settings) -> Engine:
         pool_timeout=10,
         # autocommit connections carry no transaction to roll back on return
         pool_reset_on_return=None,
+        skip_autocommit_rollback=True,
         connect_args=connect_args,
     )
 
@@ -67,6 +68,7 @@ def _sqlite_engine(settings: Settings) -> Engine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_reset_on_return=None,
+        skip_autocommit_rollback=True,
         connect_args={"timeout": 10.0, "check_same_thread": False},
     )
 

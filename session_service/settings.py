@@ -54,8 +54,14 @@ class Settings(BaseSettings):
         default=60.0, ge=0.0, description="seconds between background gc runs (0 disables)"
     )
     gc_batch: int = Field(default=500, ge=1, le=10000, description="rows deleted per gc batch")
-    db_pool_size: int = Field(default=10, ge=1, description="pooled connections per process")
-    db_max_overflow: int = Field(default=20, ge=0, description="extra connections under load")
+    db_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description="pooled connections per process (also the number of request threads)",
+    )
+    db_max_overflow: int = Field(
+        default=5, ge=0, description="extra connections for gc and health checks"
+    )
     db_pre_ping: bool = Field(
         default=True, description="ping a pooled connection before use (one round trip)"
     )

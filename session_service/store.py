@@ -3,40 +3,24 @@
 Every operation is one or two single-row statements in autocommit, keyed by the
 primary key (namespace, SHA-256 of the id), so different sessions never block each
 other. Locking is a lease stored in the row with a random fencing token, not a held
-database transaction (docs/design.md explains why).
+database transaction (docs/design.md explains why). The SQL itself lives in
+statements.py, built once per engine.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Engine,
-    and_,
-    case,
-    delete,
-    func,
-    literal,
-    or_,
-    select,
-    text,
-    tuple_,
-    update,
-)
+from sqlalchemy import Connection, Engine, or_, text, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from session_service import metrics
-from session_service.database import create_store_engine, is_mysql
+from session_service import metrics, statements
+from session_service.database import create_store_engine
 from session_service.errors import (
     DataTooLarge,
     InvalidLockToken,
@@ -48,12 +32,14 @@ from session_service.errors import (
 )
 from session_service.ids import hash_session_id
 from session_service.retry import backoff_seconds, classify
-from session_service.schema import leases, sessions
+from session_service.schema import leases
 from session_service.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-t = sessions
+Params = dict[str, Any]
+
+_LOCK_LOST = "the lock is no longer held (lease expired and taken, or session destroyed)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +82,20 @@ def parse_lock_token(token: str) -> bytes:
     return raw
 
 
+def _locked_record(
+    token: bytes, lease_end: int, version: int, expires_at: int, data: bytes, now: int
+) -> SessionRecord:
+    is_new = version == 0 or expires_at <= now
+    return SessionRecord(
+        data=b"" if is_new else data,
+        version=0 if is_new else version,
+        expires_at=0 if is_new else _seconds(expires_at),
+        lock=token.hex(),
+        lease_expires_at_ms=lease_end,
+        new=is_new,
+    )
+
+
 class SessionStore:
     """Shared session storage. One instance per process; it owns one pooled engine."""
 
@@ -108,10 +108,10 @@ class SessionStore:
     ) -> None:
         self.settings = settings or Settings()
         self.engine = engine or create_store_engine(self.settings)
-        self._mysql = is_mysql(self.engine)
+        self.sql = statements.build(self.engine.dialect.name)
         self._clock = clock
 
-    # -- helpers -----------------------------------------------------------------
+    # -- plumbing ----------------------------------------------------------------
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -119,14 +119,8 @@ class SessionStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _pk(self, namespace: str, id_hash: bytes) -> ColumnElement[bool]:
-        return and_(t.c.namespace == namespace, t.c.id_hash == id_hash)
-
-    def _check_size(self, data: bytes) -> None:
-        if len(data) > self.settings.max_data_bytes:
-            raise DataTooLarge(
-                f"session data is {len(data)} bytes; the limit is {self.settings.max_data_bytes}"
-            )
+    def _key(self, namespace: str, sid: str) -> Params:
+        return {"ns": namespace, "h": hash_session_id(sid), "now": self.now_ms()}
 
     def _run(
         self,
@@ -171,36 +165,20 @@ class SessionStore:
                 metrics.DB_ERRORS.labels(kind="pool_timeout").inc()
                 raise StoreUnavailable("no database connection free in time") from error
 
-    def _update_bumping_version(
-        self, conn: Connection, where: ColumnElement[bool], values: dict[str, Any]
-    ) -> int | None:
-        """UPDATE one row with version = version + 1; return the new version or None.
+    def _bump(self, conn: Connection, stmt: Any, params: Params) -> int | None:
+        """Execute a version-bumping UPDATE; the new version, or None if no row matched."""
+        if self.sql.returning:
+            value = conn.execute(stmt, params).scalar()
+            return None if value is None else int(value)
+        result = conn.execute(stmt, params)
+        return int(result.lastrowid) if result.rowcount else None
 
-        One round trip on both dialects: RETURNING on SQLite, LAST_INSERT_ID(expr)
-        on MySQL/MariaDB (which has no UPDATE ... RETURNING).
-        """
-        if self._mysql:
-            result = conn.execute(
-                update(t)
-                .where(where)
-                .values(version=func.last_insert_id(t.c.version + 1), **values)
-            )
-            return int(result.lastrowid) if result.rowcount else None
-        row = conn.execute(
-            update(t).where(where).values(version=t.c.version + 1, **values).returning(t.c.version)
-        ).first()
-        return int(row[0]) if row else None
+    def _written_by(self, params: Params) -> Callable[[Connection], WriteResult | None]:
+        """Did the write carrying params['wid'] land? (asked after an ambiguous failure)"""
 
-    def _written_by(
-        self, namespace: str, id_hash: bytes, write_id: bytes
-    ) -> Callable[[Connection], WriteResult | None]:
         def check(conn: Connection) -> WriteResult | None:
-            row = conn.execute(
-                select(t.c.version, t.c.expires_at, t.c.write_id).where(
-                    self._pk(namespace, id_hash)
-                )
-            ).first()
-            if row is not None and row.write_id == write_id:
+            row = conn.execute(self.sql.written_by, params).first()
+            if row is not None and row.write_id == params["wid"]:
                 return WriteResult(int(row.version), _seconds(int(row.expires_at)))
             return None
 
@@ -210,15 +188,10 @@ class SessionStore:
 
     def read(self, namespace: str, sid: str) -> SessionRecord | None:
         """The live session, without locking; None when absent or expired."""
-        id_hash = hash_session_id(sid)
-        now = self.now_ms()
+        params = self._key(namespace, sid)
 
         def op(conn: Connection) -> SessionRecord | None:
-            row = conn.execute(
-                select(t.c.data, t.c.version, t.c.expires_at).where(
-                    self._pk(namespace, id_hash), t.c.expires_at > now, t.c.version > 0
-                )
-            ).first()
+            row = conn.execute(self.sql.read, params).first()
             if row is None:
                 return None
             return SessionRecord(bytes(row.data), int(row.version), _seconds(int(row.expires_at)))
@@ -227,22 +200,8 @@ class SessionStore:
 
     def exists(self, namespace: str, sid: str) -> bool:
         """True for a live session, including one being created under a lock right now."""
-        id_hash = hash_session_id(sid)
-        now = self.now_ms()
-
-        def op(conn: Connection) -> bool:
-            row = conn.execute(
-                select(literal(1)).where(
-                    self._pk(namespace, id_hash),
-                    or_(
-                        and_(t.c.version > 0, t.c.expires_at > now),
-                        t.c.lock_expires > now,
-                    ),
-                )
-            ).first()
-            return row is not None
-
-        return self._run(op)
+        params = self._key(namespace, sid)
+        return self._run(lambda conn: conn.execute(self.sql.exists, params).first() is not None)
 
     # -- locking -----------------------------------------------------------------
 
@@ -252,80 +211,58 @@ class SessionStore:
         An absent session is locked too, through a placeholder row (version 0), so
         that the first two requests of a new session also queue behind each other.
         """
-        id_hash = hash_session_id(sid)
-        token = secrets.token_bytes(16)
-        now = self.now_ms()
-        lease_end = now + lease_ms
-        free = or_(t.c.lock_token.is_(None), t.c.lock_expires <= now)
-        row_values = {
-            "namespace": namespace,
-            "id_hash": id_hash,
-            "data": b"",
-            "version": 0,
-            "expires_at": lease_end,
-            "lock_token": token,
-            "lock_expires": lease_end,
-            "write_id": None,
-            "created_at": now,
-            "updated_at": now,
-        }
+        params = self._key(namespace, sid)
+        params.update(
+            token=os.urandom(16),
+            lease_end=params["now"] + lease_ms,
+            payload=b"",
+            new_version=0,
+            wid=None,
+        )
+        params["expires"] = params["lease_end"]
+        operation = self._lock_upsert if self.sql.lock_upsert is not None else self._lock_read_take
+        return self._run(lambda conn: operation(conn, params))
 
-        def op(conn: Connection) -> LockAttempt:
-            data_if_ours = case((t.c.lock_token == token, t.c.data), else_=None)
-            columns = (t.c.lock_token, t.c.lock_expires, t.c.version, t.c.expires_at, data_if_ours)
-            if self._mysql:
-                # MySQL applies ON DUPLICATE KEY assignments left to right, so the second
-                # one sees the new lock_token: it is ours exactly when the lease was free.
-                ins = mysql_insert(t).values(**row_values)
-                ours = t.c.lock_token == ins.inserted.lock_token
-                conn.execute(
-                    ins.on_duplicate_key_update(
-                        [
-                            (
-                                "lock_token",
-                                case((free, ins.inserted.lock_token), else_=t.c.lock_token),
-                            ),
-                            (
-                                "lock_expires",
-                                case((ours, ins.inserted.lock_expires), else_=t.c.lock_expires),
-                            ),
-                        ]
-                    )
-                )
-                row = conn.execute(select(*columns).where(self._pk(namespace, id_hash))).first()
-            else:
-                sins = sqlite_insert(t).values(**row_values)
-                row = conn.execute(
-                    sins.on_conflict_do_update(
-                        index_elements=[t.c.namespace, t.c.id_hash],
-                        set_={
-                            "lock_token": case(
-                                (free, sins.excluded.lock_token), else_=t.c.lock_token
-                            ),
-                            "lock_expires": case(
-                                (free, sins.excluded.lock_expires), else_=t.c.lock_expires
-                            ),
-                        },
-                    ).returning(*columns)
-                ).first()
-            if row is None:  # destroyed between the two statements: try again
-                return LockAttempt(None, now)
-            if row[0] != token:
-                return LockAttempt(None, int(row[1] or now))
-            version, expires_at = int(row[2]), int(row[3])
-            is_new = version == 0 or expires_at <= now
-            return LockAttempt(
-                SessionRecord(
-                    data=b"" if is_new else bytes(row[4]),
-                    version=0 if is_new else version,
-                    expires_at=0 if is_new else _seconds(expires_at),
-                    lock=token.hex(),
-                    lease_expires_at_ms=int(row[1]),
-                    new=is_new,
-                )
+    def _lock_read_take(self, conn: Connection, p: Params) -> LockAttempt:
+        """Read, then take the lease only if nothing changed since (version and write id).
+
+        A waiter's poll costs one indexed read; taking a free lease, one read and one
+        single-row update. Not INSERT ... ON DUPLICATE KEY UPDATE: InnoDB takes
+        next-key locks for it even under READ COMMITTED, and concurrent ones deadlock.
+        """
+        now = p["now"]
+        row = conn.execute(self.sql.lock_read, p).first()
+        if row is None:
+            try:
+                conn.execute(self.sql.lock_insert, p)
+            except sa_exc.IntegrityError:
+                return LockAttempt(None, now)  # created by a concurrent request: poll again
+            return LockAttempt(_locked_record(p["token"], p["lease_end"], 0, now, b"", now))
+        if row.lock_token is not None and int(row.lock_expires) > now:
+            return LockAttempt(None, int(row.lock_expires))
+        p.update(seen_version=row.version, seen_wid=row.write_id)
+        if not conn.execute(self.sql.lock_take, p).rowcount:
+            return LockAttempt(None, now)  # changed under us: poll again
+        return LockAttempt(
+            _locked_record(
+                p["token"],
+                p["lease_end"],
+                int(row.version),
+                int(row.expires_at),
+                bytes(row.data),
+                now,
             )
+        )
 
-        return self._run(op)
+    def _lock_upsert(self, conn: Connection, p: Params) -> LockAttempt:
+        row = conn.execute(self.sql.lock_upsert, p).one()
+        if row[0] != p["token"]:
+            return LockAttempt(None, int(row[1] or p["now"]))
+        return LockAttempt(
+            _locked_record(
+                p["token"], p["lease_end"], int(row[2]), int(row[3]), bytes(row[4]), p["now"]
+            )
+        )
 
     def lock(self, namespace: str, sid: str, wait_ms: int, lease_ms: int) -> SessionRecord:
         """Lock and read, waiting up to wait_ms for another holder (blocking library form)."""
@@ -344,21 +281,17 @@ class SessionStore:
 
     def release(self, namespace: str, sid: str, lock: str) -> None:
         """Give the lease back without writing; LockLost if it is not held with this token."""
-        id_hash = hash_session_id(sid)
-        token = parse_lock_token(lock)
-        retried = [False]
+        params = self._key(namespace, sid)
+        params["held"] = parse_lock_token(lock)
+        retried = False
 
         def op(conn: Connection) -> None:
-            result = conn.execute(
-                update(t)
-                .where(self._pk(namespace, id_hash), t.c.lock_token == token)
-                .values(lock_token=None, lock_expires=None)
-            )
-            if not result.rowcount and not retried[0]:
-                raise LockLost("the lock is no longer held (lease expired and taken, or destroyed)")
+            if not conn.execute(self.sql.release, params).rowcount and not retried:
+                raise LockLost(_LOCK_LOST)
 
         def already(conn: Connection) -> None:
-            retried[0] = True  # a lost connection may have released it already
+            nonlocal retried
+            retried = True  # a lost connection may have released it already
             return None
 
         self._run(op, already)
@@ -377,96 +310,58 @@ class SessionStore:
     ) -> WriteResult:
         """Store data for ttl seconds: fenced by `lock`, compare-and-set by `if_version`,
         or last-write-wins with neither."""
-        id_hash = hash_session_id(sid)
-        self._check_size(data)
-        token = parse_lock_token(lock) if lock is not None else None
-        now = self.now_ms()
-        expires = now + ttl * 1000
-        write_id = os.urandom(16)
-        common = {"data": data, "expires_at": expires, "updated_at": now, "write_id": write_id}
-        applied = self._written_by(namespace, id_hash, write_id)
+        params = self._key(namespace, sid)
+        if len(data) > self.settings.max_data_bytes:
+            raise DataTooLarge(
+                f"session data is {len(data)} bytes; the limit is {self.settings.max_data_bytes}"
+            )
+        expires = params["now"] + ttl * 1000
+        params.update(
+            payload=data,
+            expires=expires,
+            wid=os.urandom(16),
+            new_version=1,
+            token=None,
+            lease_end=None,
+        )
+        done = WriteResult(0, _seconds(expires))
 
         def fenced(conn: Connection) -> WriteResult:
-            values = dict(common, lock_token=None, lock_expires=None)
-            where = and_(self._pk(namespace, id_hash), t.c.lock_token == token)
-            version = self._update_bumping_version(conn, where, values)
+            version = self._bump(conn, self.sql.write_fenced, params)
             if version is None:
-                raise LockLost("the lock is no longer held (lease expired and taken, or destroyed)")
-            return WriteResult(version, _seconds(expires))
+                raise LockLost(_LOCK_LOST)
+            return WriteResult(version, done.expires_at)
 
         def compare_and_set(conn: Connection) -> WriteResult:
-            assert if_version is not None
-            pk = self._pk(namespace, id_hash)
-            if if_version > 0:
-                changed = conn.execute(
-                    update(t)
-                    .where(pk, t.c.version == if_version, t.c.expires_at > now)
-                    .values(version=if_version + 1, **common)
-                ).rowcount
-                if not changed:
-                    raise VersionConflict(f"stored version is not {if_version}")
-                return WriteResult(if_version + 1, _seconds(expires))
-            absent = or_(t.c.version == 0, t.c.expires_at <= now)
-            version = self._update_bumping_version(conn, and_(pk, absent), dict(common))
+            if params["seen_version"] > 0:
+                params["new_version"] = params["seen_version"] + 1
+                if not conn.execute(self.sql.write_cas, params).rowcount:
+                    raise VersionConflict(f"stored version is not {params['seen_version']}")
+                return WriteResult(params["new_version"], done.expires_at)
+            version = self._bump(conn, self.sql.write_cas_absent, params)
             if version is None:
                 try:
-                    conn.execute(t.insert().values(self._new_row(namespace, id_hash, now, common)))
+                    conn.execute(self.sql.insert_new, params)
                 except sa_exc.IntegrityError as error:
                     raise VersionConflict("the session exists (if_version 0)") from error
                 version = 1
-            return WriteResult(version, _seconds(expires))
+            return WriteResult(version, done.expires_at)
 
         def last_write_wins(conn: Connection) -> WriteResult:
-            row = self._new_row(namespace, id_hash, now, common)
-            if self._mysql:
-                ins = mysql_insert(t).values(row)
-                result = conn.execute(
-                    ins.on_duplicate_key_update(
-                        data=ins.inserted.data,
-                        version=func.last_insert_id(t.c.version + 1),
-                        expires_at=ins.inserted.expires_at,
-                        updated_at=ins.inserted.updated_at,
-                        write_id=ins.inserted.write_id,
-                    )
-                )
-                version = int(result.lastrowid) or 1
-            else:
-                sins = sqlite_insert(t).values(row)
-                version = int(
-                    conn.execute(
-                        sins.on_conflict_do_update(
-                            index_elements=[t.c.namespace, t.c.id_hash],
-                            set_={
-                                "data": sins.excluded.data,
-                                "version": t.c.version + 1,
-                                "expires_at": sins.excluded.expires_at,
-                                "updated_at": sins.excluded.updated_at,
-                                "write_id": sins.excluded.write_id,
-                            },
-                        ).returning(t.c.version)
-                    ).scalar_one()
-                )
-            return WriteResult(version, _seconds(expires))
+            if self.sql.returning:
+                version = int(conn.execute(self.sql.upsert, params).scalar_one())
+            else:  # LAST_INSERT_ID is 0 when the row was inserted rather than updated
+                version = int(conn.execute(self.sql.upsert, params).lastrowid) or 1
+            return WriteResult(version, done.expires_at)
 
-        if token is not None:
+        applied = self._written_by(params)
+        if lock is not None:
+            params["held"] = parse_lock_token(lock)
             return self._run(fenced, applied)
         if if_version is not None:
+            params["seen_version"] = if_version
             return self._run(compare_and_set, applied)
         return self._run(last_write_wins, applied)
-
-    @staticmethod
-    def _new_row(
-        namespace: str, id_hash: bytes, now: int, common: dict[str, Any]
-    ) -> dict[str, Any]:
-        return dict(
-            common,
-            namespace=namespace,
-            id_hash=id_hash,
-            version=1,
-            lock_token=None,
-            lock_expires=None,
-            created_at=now,
-        )
 
     def touch(self, namespace: str, sid: str, ttl: int, *, lock: str | None = None) -> WriteResult:
         """Extend the expiry (and release `lock`), never reviving an expired session.
@@ -475,71 +370,45 @@ class SessionStore:
         touch_skip_fraction of ttl, which spares the database one write per request
         for sessions that are read far more often than they change.
         """
-        id_hash = hash_session_id(sid)
-        token = parse_lock_token(lock) if lock is not None else None
-        now = self.now_ms()
-        expires = now + ttl * 1000
+        params = self._key(namespace, sid)
+        expires = params["now"] + ttl * 1000
         threshold = expires - int(ttl * 1000 * self.settings.touch_skip_fraction)
-        pk = self._pk(namespace, id_hash)
-        write_id = os.urandom(16)
+        params.update(expires=expires, threshold=threshold, wid=os.urandom(16))
 
-        def with_lock(conn: Connection) -> WriteResult:
-            live = and_(t.c.expires_at > now, t.c.version > 0)
-            new_expiry = case(
-                (and_(live, t.c.expires_at < threshold), expires), else_=t.c.expires_at
-            )
-            changed = conn.execute(
-                update(t)
-                .where(pk, t.c.lock_token == token)
-                .values(
-                    expires_at=new_expiry, lock_token=None, lock_expires=None, write_id=write_id
-                )
-            ).rowcount
-            if not changed:
-                raise LockLost("the lock is no longer held (lease expired and taken, or destroyed)")
-            return after_touch(conn)
-
-        def after_touch(conn: Connection) -> WriteResult:
-            row = conn.execute(
-                select(t.c.version, t.c.expires_at).where(pk, t.c.expires_at > now, t.c.version > 0)
-            ).first()
+        def current(conn: Connection) -> WriteResult:
+            row = conn.execute(self.sql.touch_read, params).first()
             if row is None:
                 raise SessionNotFound("no live session with this id")
             return WriteResult(int(row.version), _seconds(int(row.expires_at)))
 
+        def with_lock(conn: Connection) -> WriteResult:
+            if not conn.execute(self.sql.touch_locked, params).rowcount:
+                raise LockLost(_LOCK_LOST)
+            return current(conn)
+
         def without_lock(conn: Connection) -> WriteResult:
-            row = conn.execute(
-                select(t.c.version, t.c.expires_at).where(pk, t.c.expires_at > now, t.c.version > 0)
-            ).first()
-            if row is None:
-                raise SessionNotFound("no live session with this id")
-            if int(row.expires_at) >= threshold:
-                return WriteResult(int(row.version), _seconds(int(row.expires_at)))
-            changed = conn.execute(
-                update(t)
-                .where(pk, t.c.expires_at > now, t.c.version > 0, t.c.expires_at < expires)
-                .values(expires_at=expires, write_id=write_id)
-            ).rowcount
-            if not changed:
-                return after_touch(conn)
-            return WriteResult(int(row.version), _seconds(expires))
+            now = current(conn)
+            if now.expires_at * 1000 >= threshold:
+                return now
+            if conn.execute(self.sql.touch_extend, params).rowcount:
+                return WriteResult(now.version, _seconds(expires))
+            return current(conn)
 
         def applied(conn: Connection) -> WriteResult | None:
-            row = conn.execute(select(t.c.write_id).where(pk)).first()
-            if row is not None and row.write_id == write_id:
-                return after_touch(conn)
-            return None
+            row = conn.execute(self.sql.written_by, params).first()
+            return current(conn) if row is not None and row.write_id == params["wid"] else None
 
-        if token is not None:
+        if lock is not None:
+            params["held"] = parse_lock_token(lock)
             return self._run(with_lock, applied)
         return self._run(without_lock, applied)
 
     def destroy(self, namespace: str, sid: str) -> None:
         """Delete the session, whoever holds its lock (as PHP's files handler unlinks)."""
-        id_hash = hash_session_id(sid)
+        params = self._key(namespace, sid)
 
         def op(conn: Connection) -> None:
-            conn.execute(delete(t).where(self._pk(namespace, id_hash)))
+            conn.execute(self.sql.destroy, params)
 
         self._run(op)
 
@@ -554,25 +423,13 @@ class SessionStore:
         size = batch or self.settings.gc_batch
         total = 0
         for _ in range(max_batches):
-            now = self.now_ms()
-            dead = and_(
-                t.c.expires_at <= now, or_(t.c.lock_expires.is_(None), t.c.lock_expires <= now)
-            )
+            params: Params = {"now": self.now_ms(), "batch": size}
 
-            def one_batch(conn: Connection, dead: ColumnElement[bool] = dead) -> tuple[int, int]:
-                keys = conn.execute(
-                    select(t.c.namespace, t.c.id_hash)
-                    .where(dead)
-                    .order_by(t.c.expires_at)
-                    .limit(size)
-                ).all()
+            def one_batch(conn: Connection, params: Params = params) -> tuple[int, int]:
+                keys = [tuple(k) for k in conn.execute(self.sql.gc_select, params).all()]
                 if not keys:
                     return 0, 0
-                deleted = conn.execute(
-                    delete(t).where(
-                        tuple_(t.c.namespace, t.c.id_hash).in_([tuple(k) for k in keys]), dead
-                    )
-                ).rowcount
+                deleted = conn.execute(self.sql.gc_delete, {**params, "keys": keys}).rowcount
                 return len(keys), int(deleted)
 
             found, deleted = self._run(one_batch)

@@ -117,8 +117,10 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # One request thread per pooled connection: more threads would only queue on the
+        # pool, and a pool smaller than the threads would open and close connections.
         limiter = anyio.to_thread.current_default_thread_limiter()
-        limiter.total_tokens = max(40, settings.db_pool_size + settings.db_max_overflow + 8)
+        limiter.total_tokens = settings.db_pool_size
         if settings.auto_migrate:
             try:
                 await run_in_threadpool(migrate, store.engine)

@@ -1,0 +1,417 @@
+#!/usr/bin/env python3
+"""Lock+write cycles per second on MariaDB, four ways, in one run.
+
+(a) the HTTP service (real uvicorn processes, a lean asyncio HTTP/1.1 client so the
+    client is not what is measured; PHP's curl client is C, too)
+(b) the SessionStore library in-process (threads)
+(c) raw PyMySQL issuing the same SQL statements as the store (threads)
+(d) raw PyMySQL doing the classic PHP PDO handler transaction:
+    BEGIN; SELECT ... FOR UPDATE; UPDATE (or INSERT); COMMIT   (threads)
+
+Each worker cycles over its own sessions, so this measures throughput, not
+contention on one row. Prints cycles/s, p50/p99 latency and the ratio to (d).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httptools
+import msgpack
+import pymysql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from session_service.schema import migrate  # noqa: E402
+from session_service.settings import Settings  # noqa: E402
+from session_service.store import SessionStore  # noqa: E402
+
+PAYLOAD = secrets.token_bytes(200)
+TTL = 1440
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    cycles: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.cycles / self.seconds
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def sessions_for(worker: int, count: int) -> list[str]:
+    return [f"{uuid.uuid4().hex}w{worker}" for _ in range(count)]
+
+
+def run_threads(
+    name: str, concurrency: int, duration: float, make_cycle: Callable[[int], Callable[[], None]]
+) -> Result:
+    cycles_per_worker = [make_cycle(i) for i in range(concurrency)]
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    start_barrier = threading.Barrier(concurrency + 1)
+    stop = threading.Event()
+
+    def worker(index: int) -> None:
+        cycle, sink = cycles_per_worker[index], latencies[index]
+        start_barrier.wait()
+        while not stop.is_set():
+            began = time.perf_counter()
+            cycle()
+            sink.append(time.perf_counter() - began)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    start_barrier.wait()
+    began = time.perf_counter()
+    time.sleep(duration)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    flat = [x for sink in latencies for x in sink]
+    return Result(name, concurrency, len(flat), elapsed, flat)
+
+
+# -- (b) the store library -------------------------------------------------------------
+
+
+def store_cycle(store: SessionStore) -> Callable[[int], Callable[[], None]]:
+    def make(worker: int) -> Callable[[], None]:
+        sids = sessions_for(worker, 50)
+        state = [0]
+
+        def cycle() -> None:
+            sid = sids[state[0] % len(sids)]
+            state[0] += 1
+            record = store.lock("bench", sid, wait_ms=10_000, lease_ms=30_000)
+            store.write("bench", sid, PAYLOAD, TTL, lock=record.lock)
+
+        return cycle
+
+    return make
+
+
+# -- (c) raw PyMySQL, the store's statements ---------------------------------------------
+
+READ_SQL = (
+    "SELECT lock_token, lock_expires, version, expires_at, write_id, data FROM sessions "
+    "WHERE namespace = %s AND id_hash = %s"
+)
+TAKE_SQL = (
+    "UPDATE sessions SET lock_token = %s, lock_expires = %s WHERE namespace = %s AND id_hash = %s "
+    "AND version = %s AND write_id <=> %s AND (lock_token IS NULL OR lock_expires <= %s)"
+)
+INSERT_SQL = (
+    "INSERT INTO sessions (namespace, id_hash, data, version, expires_at, lock_token, "
+    "lock_expires, write_id, created_at, updated_at) "
+    "VALUES (%s, %s, '', 0, %s, %s, %s, NULL, %s, %s)"
+)
+WRITE_SQL = (
+    "UPDATE sessions SET data = %s, version = LAST_INSERT_ID(version + 1), expires_at = %s, "
+    "lock_token = NULL, lock_expires = NULL, updated_at = %s, write_id = %s "
+    "WHERE namespace = %s AND id_hash = %s AND lock_token = %s"
+)
+
+
+def connect(database: str, autocommit: bool) -> pymysql.Connection:  # type: ignore[type-arg]
+    return pymysql.connect(host="127.0.0.1", user="root", database=database, autocommit=autocommit)
+
+
+def raw_same_cycle(database: str) -> Callable[[int], Callable[[], None]]:
+    import hashlib
+
+    def make(worker: int) -> Callable[[], None]:
+        conn = connect(database, autocommit=True)
+        conn.cursor().execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        hashes = [hashlib.sha256(s.encode()).digest() for s in sessions_for(worker, 50)]
+        state = [0]
+
+        def cycle() -> None:
+            h = hashes[state[0] % len(hashes)]
+            state[0] += 1
+            now = int(time.time() * 1000)
+            token = os.urandom(16)
+            with conn.cursor() as cur:
+                cur.execute(READ_SQL, ("raw", h))
+                row = cur.fetchone()
+                if row is None:
+                    cur.execute(INSERT_SQL, ("raw", h, now + 30_000, token, now + 30_000, now, now))
+                else:
+                    cur.execute(TAKE_SQL, (token, now + 30_000, "raw", h, row[2], row[4], now))
+                    assert cur.rowcount == 1
+                cur.execute(
+                    WRITE_SQL,
+                    (PAYLOAD, now + TTL * 1000, now, os.urandom(16), "raw", h, token),
+                )
+                assert cur.rowcount == 1
+
+        return cycle
+
+    return make
+
+
+# -- (d) the classic PDO handler transaction ------------------------------------------------
+
+
+def classic_cycle(database: str) -> Callable[[int], Callable[[], None]]:
+    def make(worker: int) -> Callable[[], None]:
+        conn = connect(database, autocommit=False)
+        sids = sessions_for(worker, 50)
+        state = [0]
+
+        def cycle() -> None:
+            sid = sids[state[0] % len(sids)]
+            state[0] += 1
+            now = int(time.time())
+            for _ in range(10):  # a deadlock between first inserts is retried, as PDO apps must
+                try:
+                    classic_transaction(conn, sid, now)
+                    return
+                except pymysql.err.OperationalError as error:
+                    conn.rollback()
+                    if error.args[0] != 1213:
+                        raise
+
+        return cycle
+
+    return make
+
+
+def classic_transaction(conn: pymysql.Connection, sid: str, now: int) -> None:  # type: ignore[type-arg]
+    """What a PDO handler with transactional locking does per request."""
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("SELECT sess_data FROM php_sessions WHERE sess_id = %s FOR UPDATE", (sid,))
+        if cur.fetchone() is None:
+            cur.execute(
+                "INSERT INTO php_sessions (sess_id, sess_data, sess_lifetime, sess_time) "
+                "VALUES (%s, %s, %s, %s)",
+                (sid, PAYLOAD, TTL, now),
+            )
+        else:
+            cur.execute(
+                "UPDATE php_sessions SET sess_data = %s, sess_lifetime = %s, sess_time = %s "
+                "WHERE sess_id = %s",
+                (PAYLOAD, TTL, now, sid),
+            )
+    conn.commit()
+
+
+# -- (a) the HTTP service ---------------------------------------------------------------------
+
+
+class _Response:
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self.done = False
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+async def _http_worker(
+    port: int, token: str, worker: int, stop_at: list[float], sink: list[float], counter: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    sids = sessions_for(worker, 50)
+    auth = f"Authorization: Bearer {token}\r\n"
+
+    async def request(head: str, body: bytes = b"") -> tuple[int, bytes]:
+        writer.write(head.encode() + body)
+        response = _Response()
+        parser = httptools.HttpResponseParser(response)
+        while not response.done:
+            chunk = await reader.read(65536)
+            if not chunk:
+                raise ConnectionError("service closed the connection")
+            parser.feed_data(chunk)
+        return parser.get_status_code(), bytes(response.body)
+
+    i = 0
+    while time.perf_counter() < stop_at[0]:
+        sid = sids[i % len(sids)]
+        i += 1
+        began = time.perf_counter()
+        status, body = await request(
+            f"POST /v1/sessions/{sid}/lock?wait_ms=10000 HTTP/1.1\r\nHost: b\r\n{auth}"
+            "Accept: application/msgpack\r\nContent-Length: 0\r\n\r\n"
+        )
+        assert status == 200, (status, body[:200])
+        lock = msgpack.unpackb(body)["lock"]
+        payload = msgpack.packb({"data": PAYLOAD, "ttl": TTL, "lock": lock})
+        status, body = await request(
+            f"PUT /v1/sessions/{sid} HTTP/1.1\r\nHost: b\r\n{auth}"
+            "Content-Type: application/msgpack\r\nAccept: application/msgpack\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n",
+            payload,
+        )
+        assert status == 200, (status, body[:200])
+        sink.append(time.perf_counter() - began)
+        counter[0] += 1
+    writer.close()
+
+
+def run_http(port: int, token: str, concurrency: int, duration: float) -> Result:
+    async def main() -> Result:
+        sinks: list[list[float]] = [[] for _ in range(concurrency)]
+        counter = [0]
+        stop_at = [time.perf_counter() + duration]
+        began = time.perf_counter()
+        await asyncio.gather(
+            *(_http_worker(port, token, i, stop_at, sinks[i], counter) for i in range(concurrency))
+        )
+        elapsed = time.perf_counter() - began
+        return Result(
+            "(a) HTTP service", concurrency, counter[0], elapsed, [x for s in sinks for x in s]
+        )
+
+    try:
+        import uvloop
+
+        return uvloop.run(main())
+    except ImportError:
+        return asyncio.run(main())
+
+
+def start_service(
+    url: str, port: int, token: str, workers: int, pre_ping: bool
+) -> subprocess.Popen[bytes]:
+    args = [
+        sys.executable, "-m", "session_service", "serve", "--db", url, "--port", str(port),
+        "--tokens", f"bench:{token}", "--workers", str(workers), "--log-level", "warning",
+        "--gc-interval", "0",
+        "--db-pre-ping" if pre_ping else "--no-db-pre-ping",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT)
+    import httpx
+
+    for _ in range(200):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("service did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
+    parser.add_argument("--service-workers", type=int, default=2, help="uvicorn workers for (a)")
+    parser.add_argument(
+        "--no-pre-ping", action="store_true", help="run (a) and (b) without pool_pre_ping"
+    )
+    parser.add_argument("--only", default="abcd", help="which of a, b, c, d to run")
+    args = parser.parse_args()
+
+    database = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    admin.cursor().execute(f"CREATE DATABASE {database}")
+    url = f"mysql+pymysql://root@127.0.0.1:3306/{database}"
+    settings = Settings(
+        db_url=url, db_pool_size=70, db_max_overflow=10, db_pre_ping=not args.no_pre_ping
+    )
+    store = SessionStore(settings)
+    migrate(store.engine)
+    with connect(database, autocommit=True).cursor() as cur:
+        cur.execute(
+            "CREATE TABLE php_sessions (sess_id VARBINARY(128) NOT NULL PRIMARY KEY, "
+            "sess_data MEDIUMBLOB NOT NULL, sess_lifetime INTEGER UNSIGNED NOT NULL, "
+            "sess_time INTEGER UNSIGNED NOT NULL, INDEX (sess_time)) ENGINE=InnoDB"
+        )
+    token = secrets.token_urlsafe(16)
+    port = 17000 + os.getpid() % 1000
+    service = (
+        start_service(url, port, token, args.service_workers, not args.no_pre_ping)
+        if "a" in args.only
+        else None
+    )
+    levels = [int(x) for x in args.concurrency.split(",")]
+    results: list[Result] = []
+    try:
+        for level in levels:
+            row: list[Result] = []
+            if "d" in args.only:
+                row.append(
+                    run_threads(
+                        "(d) PyMySQL FOR UPDATE txn", level, args.duration, classic_cycle(database)
+                    )
+                )
+            if "c" in args.only:
+                row.append(
+                    run_threads(
+                        "(c) PyMySQL store SQL", level, args.duration, raw_same_cycle(database)
+                    )
+                )
+            if "b" in args.only:
+                row.append(
+                    run_threads("(b) store library", level, args.duration, store_cycle(store))
+                )
+            if "a" in args.only:
+                row.append(run_http(port, token, level, args.duration))
+            results.extend(row)
+            baseline = next((r for r in row if r.name.startswith("(d)")), None)
+            for r in row:
+                ratio = f"{r.rate / baseline.rate:5.2f}" if baseline else "  n/a"
+                print(
+                    f"c={level:<3} {r.name:<28} {r.rate:9.0f} cycles/s   p50 {r.pct(0.5):7.2f} ms"
+                    f"   p99 {r.pct(0.99):7.2f} ms   x(d) {ratio}",
+                    flush=True,
+                )
+    finally:
+        if service is not None:
+            service.terminate()
+            service.wait(10)
+        store.close()
+        admin.cursor().execute(f"DROP DATABASE {database}")
+    print(
+        f"\nservice workers: {args.service_workers}, pool_pre_ping: {not args.no_pre_ping}, "
+        f"{args.duration:.0f} s per cell, {os.cpu_count()} cores, mean of all cycles; "
+        f"median c=16 ratio (a)/(d): "
+        + next(
+            (
+                f"{a.rate / d.rate:.2f}"
+                for a in results
+                for d in results
+                if a.concurrency == d.concurrency == 16
+                and a.name.startswith("(a)")
+                and d.name.startswith("(d)")
+            ),
+            "n/a",
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
