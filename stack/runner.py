@@ -1,0 +1,399 @@
+"""Start and stop the whole stack on one machine: service, PHP web nodes, balancer.
+
+Used by ``make demo`` (stack.demo), ``make loadtest`` (stack.loadtest) and tests/e2e.
+
+- the session service: ``session-service serve`` on SQLite (the default) or MySQL/MariaDB;
+- N PHP web nodes: ``php -S`` serving examples/ with ``PHP_CLI_SERVER_WORKERS``, the handler
+  registered by ``-d auto_prepend_file=php_handler/prepend.php`` and configured by
+  environment variables only (no change in the application);
+- the balancer: ``session-balancer`` round robin over the nodes, with a stats page.
+
+Every process runs in its own process group (session), so stopping it also stops the
+workers it forked; each child gets SIGTERM if this process dies (PR_SET_PDEATHSIG), and
+:meth:`Stack.stop` runs on any exit path, so Ctrl-C leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+PREPEND = REPO / "php_handler" / "prepend.php"
+BIN = Path(sys.executable).parent
+DEFAULT_SQLITE = REPO / "var" / "sessions.db"
+
+#: A line of a PHP error log that a healthy node never writes.
+PHP_PROBLEM = re.compile(
+    r"(PHP )?(Warning|Notice|Deprecated|Fatal error|Parse error|Strict Standards):|session-service:"
+)
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(preferred: int = 0, taken: set[int] | None = None) -> int:
+    """``preferred`` when it is free, else a port the kernel picks (never one in ``taken``)."""
+    taken = taken or set()
+    if preferred and preferred not in taken and port_is_free(preferred):
+        return preferred
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in taken:
+            return port
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """SIGTERM to the child when its parent dies (Linux), so a killed runner leaves nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Proc:
+    """One child process (and its process group) with its output in a log file."""
+
+    def __init__(
+        self, name: str, cmd: list[str], log: Path, env: dict[str, str], cwd: Path = REPO
+    ) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.log = log
+        self.env = env
+        self.cwd = cwd
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+                preexec_fn=_child_setup,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the whole group, SIGKILL after ``timeout``; waits for the exit."""
+        popen, self.popen = self.popen, None
+        if popen is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGTERM)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(5)
+        # workers of the group that outlived their parent (php -S forks them)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class StackError(RuntimeError):
+    """The stack could not be started (the message names the process and its log)."""
+
+
+@dataclass
+class Node:
+    """One PHP web node."""
+
+    name: str
+    port: int
+    proc: Proc
+    error_log: Path
+    seen: int = 0  # bytes of error_log already judged
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class StackConfig:
+    db_url: str = ""  # "" means SESSION_DB_URL, else SQLite at var/sessions.db
+    nodes: int = 3
+    node_workers: int = 2
+    balancer_port: int = 0  # 0: a free port
+    stats_port: int = 0
+    service_port: int = 0
+    workdir: Path = REPO / "var" / "stack"
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    service_args: list[str] = field(default_factory=list)
+
+
+class Stack:
+    """The running stack. Use as a context manager, or call start() and stop()."""
+
+    def __init__(self, config: StackConfig, progress: Progress = _quiet) -> None:
+        self.config = config
+        self.progress = progress
+        self.workdir = config.workdir.resolve()
+        self.db_url = config.db_url or os.environ.get("SESSION_DB_URL", "")
+        if not self.db_url:
+            self.db_url = f"sqlite:///{DEFAULT_SQLITE}"
+        taken: set[int] = set()
+        self.service_port = free_port(config.service_port, taken)
+        taken.add(self.service_port)
+        self.balancer_port = free_port(config.balancer_port, taken)
+        taken.add(self.balancer_port)
+        self.stats_port = free_port(config.stats_port, taken)
+        taken.add(self.stats_port)
+        self.nodes: list[Node] = []
+        for i in range(1, config.nodes + 1):
+            port = free_port(0, taken)
+            taken.add(port)
+            name = f"web{i}"
+            error_log = self.workdir / f"{name}-php-errors.log"
+            self.nodes.append(Node(name, port, self._node_proc(name, port, error_log), error_log))
+        self.service = self._service_proc()
+        self.balancer = self._balancer_proc()
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.balancer_port}"
+
+    @property
+    def stats_url(self) -> str:
+        return f"http://127.0.0.1:{self.stats_port}/"
+
+    @property
+    def service_url(self) -> str:
+        return f"http://127.0.0.1:{self.service_port}"
+
+    @property
+    def db_label(self) -> str:
+        if self.db_url.startswith("sqlite"):
+            return "SQLite " + self.db_url.split(":///", 1)[1]
+        return "MySQL " + re.sub(r"//[^@/]*@", "//", self.db_url).split("//", 1)[1]
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    # ------------------------------------------------------------------ processes
+
+    def _base_env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SESSION_SERVICE_", "SESSION_DB_", "PHP_CLI_SERVER"))
+        }
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _service_proc(self) -> Proc:
+        cmd = [
+            str(BIN / "session-service"), "serve",
+            "--db", self.db_url,
+            "--host", "127.0.0.1",
+            "--port", str(self.service_port),
+            "--tokens", f"default:{self.config.token}",
+            "--log-level", "warning",
+            *self.config.service_args,
+        ]  # fmt: skip
+        return Proc("service", cmd, self.workdir / "service.log", self._base_env())
+
+    def _node_proc(self, name: str, port: int, error_log: Path) -> Proc:
+        ini = {
+            "auto_prepend_file": str(PREPEND),
+            "error_reporting": "-1",
+            "display_errors": "0",
+            "display_startup_errors": "1",
+            "log_errors": "1",
+            "html_errors": "0",
+            "error_log": str(error_log),
+            "session.use_strict_mode": "1",
+            "session.use_only_cookies": "1",
+            "session.cookie_httponly": "1",
+            "session.cookie_samesite": "Lax",
+            "session.lazy_write": "1",
+            "session.gc_probability": "0",
+            "session.sid_length": "32",
+        }
+        cmd = [shutil.which("php") or "php"]
+        for key, value in ini.items():
+            cmd += ["-d", f"{key}={value}"]
+        cmd += ["-S", f"127.0.0.1:{port}", "-t", str(EXAMPLES)]
+        env = self._base_env()
+        env.update(
+            {
+                "NODE_NAME": name,
+                "SESSION_SERVICE_URL": self.service_url,
+                "SESSION_SERVICE_TOKEN": self.config.token,
+            }
+        )
+        if self.config.node_workers > 1:
+            env["PHP_CLI_SERVER_WORKERS"] = str(self.config.node_workers)
+        return Proc(name, cmd, self.workdir / f"{name}.log", env, cwd=EXAMPLES)
+
+    def _balancer_proc(self) -> Proc:
+        cmd = [
+            str(BIN / "session-balancer"), "-f",
+            "--stats", f"127.0.0.1:{self.stats_port}",
+            "--check-path", "/health.php",
+            "--check-interval", "0.5",
+            "--check-timeout", "1",
+            "--fall", "2",
+            "--rise", "1",
+            "--slowstart", "0",
+            "--pidfile", str(self.workdir / "balancer.pid"),
+            f"127.0.0.1:{self.balancer_port}",
+            *(f"127.0.0.1:{n.port},name={n.name}" for n in self.nodes),
+        ]  # fmt: skip
+        return Proc("balancer", cmd, self.workdir / "balancer.log", self._base_env())
+
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.db_url.startswith("sqlite:///"):
+            Path(self.db_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.progress(f"session service on {self.service_url} ({self.db_label})")
+            self.service.start()
+            self._wait_http(self.service, self.service_url + "/readyz")
+            for node in self.nodes:
+                node.error_log.write_bytes(b"")
+                node.seen = 0
+                self.progress(f"PHP web node {node.name} on {node.url}")
+                node.proc.start()
+            for node in self.nodes:
+                self._wait_http(node.proc, node.url + "/health.php")
+            self.progress(f"balancer on {self.url} (stats {self.stats_url})")
+            self.balancer.start()
+            self._wait_http(self.balancer, self.stats_url + "stats")
+            self.wait_backends({n.name: "UP" for n in self.nodes})
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop everything this stack started, balancer first (idempotent)."""
+        self.balancer.stop(timeout=5)
+        for node in self.nodes:
+            node.proc.stop(timeout=5)
+        self.service.stop(timeout=10)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def processes(self) -> list[Proc]:
+        return [self.service, *(n.proc for n in self.nodes), self.balancer]
+
+    def stop_node(self, name: str) -> None:
+        self.node(name).proc.stop(timeout=5)
+
+    def start_node(self, name: str) -> None:
+        node = self.node(name)
+        node.proc.start()
+        self._wait_http(node.proc, node.url + "/health.php")
+
+    @staticmethod
+    def _wait_http(proc: Proc, url: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.running:
+                raise StackError(
+                    f"{proc.name} exited while starting (log {proc.log}):\n{proc.tail()}"
+                )
+            try:
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise StackError(f"{proc.name}: {url} not ready after {timeout:.0f} s (log {proc.log})")
+
+    # ------------------------------------------------------------------ balancer stats
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = httpx.get(self.stats_url + "stats", timeout=5.0).json()
+        return data
+
+    def backend_states(self) -> dict[str, str]:
+        return {b["name"] or b["address"]: b["state"] for b in self.stats()["backends"]}
+
+    def wait_backends(self, wanted: dict[str, str], timeout: float = 15.0) -> None:
+        """Wait until the balancer's health checks see each named node in the wanted state."""
+        deadline = time.monotonic() + timeout
+        states: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, KeyError, json.JSONDecodeError):
+                states = self.backend_states()
+                if all(states.get(name) == state for name, state in wanted.items()):
+                    return
+            time.sleep(0.1)
+        raise StackError(f"balancer backends {states}, wanted {wanted}")
+
+    # ------------------------------------------------------------------ node logs
+
+    def php_problems(self) -> dict[str, list[str]]:
+        """New PHP warnings, notices, errors or handler lines in each node's error log."""
+        found: dict[str, list[str]] = {}
+        for node in self.nodes:
+            try:
+                raw = node.error_log.read_bytes()
+            except FileNotFoundError:
+                continue
+            text, node.seen = raw[node.seen :].decode("utf-8", "replace"), len(raw)
+            lines = [line for line in text.splitlines() if PHP_PROBLEM.search(line)]
+            if lines:
+                found[node.name] = lines
+        return found
