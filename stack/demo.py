@@ -215,12 +215,19 @@ class Walk:
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the demo like Ctrl-C does (so the stack is stopped)."""
+    """Ctrl-C, SIGTERM and SIGHUP end the demo once (a second one cannot cut the cleanup short).
+
+    SIGINT is handled explicitly too: a shell starts background jobs with SIGINT ignored.
+    """
+    fired = False
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise KeyboardInterrupt
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
