@@ -107,7 +107,7 @@ class Worker:
         if self.stats_sock is not None:
             stats_server = await serve_stats(self.stats_sock, lambda: merge([fe.snapshot()]))
         if self.report_fd >= 0:
-            tasks.append(loop.create_task(report(self.report_fd, fe)))
+            tasks.append(loop.create_task(report(self.report_fd, fe, self.stop)))
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._reload(pool))
@@ -144,10 +144,18 @@ class Worker:
             self.settings = fresh
 
 
-async def report(fd: int, fe: Frontend) -> None:
-    """Send this worker's snapshot to the master once a second, dropping it if the pipe is full."""
+async def report(fd: int, fe: Frontend, stop: asyncio.Event) -> None:
+    """Send this worker's snapshot to the master once a second, dropping it if the pipe is full.
+
+    A worker whose master has died stops too, rather than serving on unsupervised.
+    """
     os.set_blocking(fd, False)
+    master = os.getppid()
     while True:
+        if os.getppid() != master:
+            log.error("master process %d is gone: stopping", master)
+            stop.set()
+            return
         line = json.dumps(fe.snapshot()).encode() + b"\n"
         with contextlib.suppress(BlockingIOError):
             os.write(fd, line)
@@ -187,7 +195,7 @@ def run_workers(settings: Settings, stats_sock: socket.socket | None) -> int:
         os.close(write_fd)
         sock.close()
         children[pid] = read_fd
-    loop = new_event_loop()
+    loop = asyncio.new_event_loop()  # the master does little: the plain loop is enough
     try:
         return loop.run_until_complete(Master(settings, children, stats_sock).run())
     finally:
@@ -220,9 +228,11 @@ class Master:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
-        loop.add_signal_handler(signal.SIGCHLD, self._reap)
-        self._reap()
-        await self.done.wait()
+        # uvloop keeps SIGCHLD for itself, so workers are reaped by polling.
+        while not self.done.is_set():
+            self._reap()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.done.wait(), 0.2)
         if stats_server is not None:
             stats_server.close()
         return 1 if self.failed else 0
