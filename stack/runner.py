@@ -170,6 +170,9 @@ class StackConfig:
     workdir: Path = REPO / "var" / "stack"
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     service_args: list[str] = field(default_factory=list)
+    #: False: nodes keep sessions in PHP's files handler, one directory per node (what the
+    #: project replaces; the load test's checks must fail on it)
+    handler: bool = True
 
 
 class Stack:
@@ -250,7 +253,6 @@ class Stack:
 
     def _node_proc(self, name: str, port: int, error_log: Path) -> Proc:
         ini = {
-            "auto_prepend_file": str(PREPEND),
             "error_reporting": "-1",
             "display_errors": "0",
             "display_startup_errors": "1",
@@ -265,6 +267,11 @@ class Stack:
             "session.gc_probability": "0",
             "session.sid_length": "32",
         }
+        if self.config.handler:
+            ini["auto_prepend_file"] = str(PREPEND)
+        else:
+            ini["session.save_path"] = str(self.workdir / f"{name}-sessions")
+            (self.workdir / f"{name}-sessions").mkdir(parents=True, exist_ok=True)
         cmd = [shutil.which("php") or "php"]
         for key, value in ini.items():
             cmd += ["-d", f"{key}={value}"]
