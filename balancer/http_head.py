@@ -77,7 +77,7 @@ def request_head(
             continue
         out += (name, b": ", value, b"\r\n")
     if host is not None:
-        out += (b"Host: ", host, b"\r\nX-Forwarded-Host: ", host, b"\r\n")
+        out += (b"X-Forwarded-Host: ", host, b"\r\n")
     forwarded_for.append(client_ip)
     out += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\nX-Forwarded-Proto: http\r\n")
     if chunked:
