@@ -10,12 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Path, Query
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -329,9 +336,18 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def metrics_registry() -> CollectorRegistry:
+    """This process's metrics, or every worker's when uvicorn runs several (multiprocess mode)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 def app_from_environment() -> FastAPI:
