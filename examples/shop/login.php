@@ -8,7 +8,7 @@ shop_start();
 
 if ('POST' === $_SERVER['REQUEST_METHOD']) {
     $user = trim((string) ($_POST['user'] ?? ''));
-    if ('' === $user || mb_strlen($user) > 40) {
+    if (!preg_match('/^.{1,40}$/Du', $user)) {
         http_response_code(422);
         render('Log in', '<p>Give a name of 1 to 40 characters.</p>');
     }
