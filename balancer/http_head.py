@@ -34,13 +34,20 @@ class BadRequest(Exception):
         self.detail = detail
 
 
-def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Header names listed in Connection, which are hop-by-hop too."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
+def extra_hop_by_hop(value: bytes) -> frozenset[bytes]:
+    """Header names listed in a Connection value, beyond the standard hop-by-hop ones."""
+    return frozenset(t.strip().lower() for t in value.split(b",")) - HOP_BY_HOP
+
+
+class RequestHead:
+    """The rewritten request head plus the framing facts the proxy needs."""
+
+    __slots__ = ("chunked", "content_length", "data")
+
+    def __init__(self, data: bytes, content_length: bytes | None, chunked: bool) -> None:
+        self.data = data
+        self.content_length = content_length
+        self.chunked = chunked
 
 
 def request_head(
@@ -48,36 +55,46 @@ def request_head(
     target: bytes,
     headers: list[tuple[bytes, bytes]],
     client_ip: bytes,
-    content_length: bytes | None,
-    chunked: bool,
     require_host: bool = True,
-) -> bytes:
-    """Build the HTTP/1.1 head sent to a backend.
+    extra: frozenset[bytes] = frozenset(),
+) -> RequestHead:
+    """Build the HTTP/1.1 head sent to a backend, in one pass over the headers.
 
     Raises BadRequest for a missing or repeated Host, which would let a client pick a
     different virtual host on each hop.
     """
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
     host: bytes | None = None
+    content_length: bytes | None = None
+    chunked = False
     forwarded_for: list[bytes] = []
-    extra = (
-        connection_tokens(headers) if any(n.lower() == b"connection" for n, _ in headers) else ()
-    )
     for name, value in headers:
         lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"content-length":
+                content_length = value
+            elif lname == b"transfer-encoding":
+                chunked = True
+            elif lname == b"connection" and not extra:
+                named = extra_hop_by_hop(value)
+                if named:  # rare: start again, dropping the headers it names
+                    return request_head(method, target, headers, client_ip, require_host, named)
+            continue
+        if lname in SET_BY_PROXY:
+            if lname == b"x-forwarded-for":
+                forwarded_for.append(value)
+            continue
         if lname == b"host":
             if host is not None:
                 raise BadRequest(400, "more than one Host header")
             host = value
-        elif lname in HOP_BY_HOP or lname in extra:
-            continue
-        elif lname in SET_BY_PROXY:
-            if lname == b"x-forwarded-for":
-                forwarded_for.append(value)
+        elif extra and lname in extra:
             continue
         out += (name, b": ", value, b"\r\n")
     if host is not None:
         out += (b"X-Forwarded-Host: ", host, b"\r\n")
+    elif require_host:
+        raise BadRequest(400, "missing Host header")
     forwarded_for.append(client_ip)
     out += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\nX-Forwarded-Proto: http\r\n")
     if chunked:
@@ -85,32 +102,39 @@ def request_head(
     elif content_length is not None:
         out += (b"Content-Length: ", content_length, b"\r\n")
     out.append(b"\r\n")
-    if host is None and require_host:
-        raise BadRequest(400, "missing Host header")
-    return b"".join(out)
+    return RequestHead(b"".join(out), content_length, chunked)
 
 
 def response_head(
     status: int,
     reason: bytes,
     headers: list[tuple[bytes, bytes]],
-    framing: bytes,
-    debug_header: bytes,
-) -> bytes:
-    """Build the head sent to the client; ``framing`` is the framing and Connection lines."""
+    extra: frozenset[bytes] = frozenset(),
+) -> tuple[list[bytes], bytes | None, bool]:
+    """Start the head sent to the client, in one pass over the backend's headers.
+
+    Returns the head lines so far (the caller adds framing, Connection and the blank
+    line), the backend's Content-Length and whether it sent a chunked body.
+    """
     out = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
-    extra = (
-        connection_tokens(headers) if any(n.lower() == b"connection" for n, _ in headers) else ()
-    )
+    content_length: bytes | None = None
+    chunked = False
     for name, value in headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in extra:
+        if lname in HOP_BY_HOP:
+            if lname == b"content-length":
+                content_length = value
+            elif lname == b"transfer-encoding":
+                chunked = True
+            elif lname == b"connection" and not extra:
+                named = extra_hop_by_hop(value)
+                if named:
+                    return response_head(status, reason, headers, named)
+            continue
+        if extra and lname in extra:
             continue
         out += (name, b": ", value, b"\r\n")
-    if debug_header:
-        out.append(debug_header)
-    out += (framing, b"\r\n")
-    return b"".join(out)
+    return out, content_length, chunked
 
 
 def error_response(status: int, detail: str, keep_alive: bool = False) -> bytes:

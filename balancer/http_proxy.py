@@ -45,6 +45,7 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
+        self.headers_size = 0
         self.in_head = False
         self.error: BadRequest | None = None
         self.current: Exchange | None = None
@@ -140,6 +141,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = True
         self.url = b""
         self.headers = []
+        self.headers_size = 0
         self.head_size = 0
         self.deadline = self.fe.now + self.fe.settings.timeouts.header
 
@@ -148,6 +150,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        self.headers_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -155,7 +158,7 @@ class ClientConnection(asyncio.Protocol):
             return
         fe = self.fe
         limits = fe.settings.limits
-        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        size = len(self.url) + self.headers_size
         parser = self.parser
         version = parser.get_http_version()
         if size > limits.max_header_size or len(self.headers) > limits.max_headers:
@@ -169,29 +172,14 @@ class ClientConnection(asyncio.Protocol):
             return
         self.deadline = fe.now + fe.settings.timeouts.idle
         method = parser.get_method()
-        content_length: bytes | None = None
-        chunked = False
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                content_length = value
-            elif lname == b"transfer-encoding":
-                chunked = True
+        http11 = version == "1.1"
         try:
-            head = request_head(
-                method,
-                self.url,
-                self.headers,
-                self.client_ip,
-                content_length,
-                chunked,
-                require_host=version == "1.1",
-            )
+            head = request_head(method, self.url, self.headers, self.client_ip, http11)
         except BadRequest as exc:
             self.error = exc
             return
         exchange = Exchange(
-            self, method, head, chunked, version == "1.1", parser.should_keep_alive()
+            self, method, head.data, head.chunked, http11, parser.should_keep_alive()
         )
         fe.requests += 1
         self._event(HEAD, exchange)
@@ -508,33 +496,27 @@ class Exchange:
         if status == 101:
             self.backend_failed("backend switched protocols, which is not supported")
             return True
-        content_length: bytes | None = None
-        chunked = False
-        for name, value in headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                content_length = value
-            elif lname == b"transfer-encoding":
-                chunked = True
+        out, content_length, chunked = response_head(status, reason, headers)
         client = self.client
         if status < 200:
             self.interim = True
-            client._write(response_head(status, reason, headers, b"", b""))
+            out.append(b"\r\n")
+            client._write(b"".join(out))
             return False
         self.status = status
         no_body = self.method == b"HEAD" or status in (204, 304)
         if no_body:
             self.mode = NO_BODY
-            framing = b"Content-Length: " + content_length + b"\r\n" if content_length else b""
+            if content_length is not None:
+                out += (b"Content-Length: ", content_length, b"\r\n")
         elif content_length is not None:
             self.mode = LENGTH
-            framing = b"Content-Length: " + content_length + b"\r\n"
+            out += (b"Content-Length: ", content_length, b"\r\n")
         elif chunked and self.client_http11:
             self.mode = CHUNKED
-            framing = b"Transfer-Encoding: chunked\r\n"
+            out.append(b"Transfer-Encoding: chunked\r\n")
         else:
             self.mode = UNTIL_CLOSE
-            framing = b""
         self.keep_alive = (
             self.client_keep_alive
             and self.mode != UNTIL_CLOSE
@@ -544,13 +526,13 @@ class Exchange:
         )
         if self.keep_alive:
             if not self.client_http11:
-                framing += b"Connection: keep-alive\r\n"
+                out.append(b"Connection: keep-alive\r\n")
         else:
-            framing += b"Connection: close\r\n"
-        debug = b""
+            out.append(b"Connection: close\r\n")
         if self.fe.debug_header:
-            debug = self.fe.debug_header + backend.label.encode() + b"\r\n"
-        self.head_buf += response_head(status, reason, headers, framing, debug)
+            out += (self.fe.debug_header, backend.label_bytes, b"\r\n")
+        out.append(b"\r\n")
+        self.head_buf += b"".join(out)
         self.response_started = True
         return self.method == b"HEAD"
 

@@ -42,6 +42,7 @@ class Backend:
         "host",
         "idle",
         "label",
+        "label_bytes",
         "latency_buckets",
         "latency_count",
         "latency_sum",
@@ -62,6 +63,7 @@ class Backend:
         self.port = spec.port
         self.address = spec.address
         self.label = spec.label
+        self.label_bytes = spec.label.encode()
         self.weight = spec.weight
         self.up = True
         self.up_since = 0.0  # 0 means "up from the start": no slow start
@@ -72,7 +74,7 @@ class Backend:
         self.check_failures = 0
         self.active = 0
         self.requests = 0
-        self.responses: dict[str, int] = {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}
+        self.responses = [0] * 6  # index: status // 100
         self.errors = 0
         self.failures = 0
         self.retries = 0
@@ -87,8 +89,7 @@ class Backend:
         self.latency_count += 1
 
     def record_status(self, status: int) -> None:
-        key = f"{min(max(status // 100, 1), 5)}xx"
-        self.responses[key] += 1
+        self.responses[status // 100 if 100 <= status < 600 else 5] += 1
 
     def take_idle(self) -> Any | None:
         """Pop the most recently used idle connection (warmest, least likely closed)."""
@@ -111,7 +112,7 @@ class Backend:
             "active": self.active,
             "idle": len(self.idle),
             "requests": self.requests,
-            "responses": dict(self.responses),
+            "responses": {f"{i}xx": self.responses[i] for i in range(1, 6)},
             "errors": self.errors,
             "failures": self.failures,
             "retries": self.retries,
@@ -203,6 +204,7 @@ class BackendPool:
                 backend = Backend(spec)
             else:
                 backend.spec, backend.weight, backend.label = spec, spec.weight, spec.label
+                backend.label_bytes = spec.label.encode()
             backend.current = 0.0
             new.append(backend)
         for backend in old.values():
