@@ -9,14 +9,19 @@ STAMP := $(VENV)/.installed
 PHP_PACKAGES := php-cli php-curl php-msgpack php-mysql php-symfony-http-foundation
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-php mariadb test lint run demo bench-store clean
+E2E_PACKAGES := chromium chromium-driver
+ARGS ?=
+
+.PHONY: help venv system-php system-e2e mariadb test lint run demo loadtest bench-store bench-balancer bench-php clean
 
 help:
 	@echo "make demo        run the whole stack and show sessions surviving any node"
 	@echo "make test        install what is missing and run every test"
 	@echo "make run         start the session service on the embedded SQLite default"
 	@echo "make lint        ruff and mypy"
+	@echo "make loadtest    the stack under locust for a bounded time, with a consistency verdict"
 	@echo "make bench-store store and service benchmark against MariaDB (bench/store.py)"
+	@echo "make bench-balancer / bench-php   the balancer and PHP handler benchmarks"
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { scripts/require-packages.sh python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -31,10 +36,13 @@ venv: $(STAMP)
 system-php:
 	@scripts/require-packages.sh $(PHP_PACKAGES)
 
+system-e2e:
+	@scripts/require-packages.sh $(E2E_PACKAGES)
+
 mariadb: venv
 	@PYTHON=$(PY) scripts/ensure-mariadb.sh
 
-test: venv system-php mariadb
+test: venv system-php system-e2e mariadb
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv
@@ -49,8 +57,23 @@ run: venv
 	@echo "token: $$(cat var/token)   e.g. curl -H 'Authorization: Bearer $$(cat var/token)' http://127.0.0.1:$${SESSION_SERVICE_PORT:-7070}/readyz"
 	SESSION_SERVICE_TOKENS="default:$$(cat var/token)" $(VENV)/bin/session-service serve
 
+demo: venv system-php
+	$(PY) -m stack.demo $(ARGS)
+
+loadtest: venv system-php
+	@PYTHON=$(PY) scripts/ensure-mariadb.sh 2>/dev/null || echo ">> MariaDB not reachable: the load test runs on SQLite"
+	$(PY) -m stack.loadtest $(ARGS)
+
 bench-store: venv mariadb
-	$(PY) bench/store.py
+	$(PY) bench/store.py $(ARGS)
+
+bench-balancer: venv
+	@scripts/require-packages.sh wrk pen haproxy
+	$(PY) bench/balancer $(ARGS)
+
+bench-php: venv system-php mariadb
+	@scripts/require-packages.sh wrk
+	bench/php_sessions $(ARGS)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
