@@ -74,7 +74,7 @@ def shorten(sid: str) -> str:
 
 
 def cart_text(cart: dict[str, int]) -> str:
-    return ", ".join(f"{item} x{qty}" for item, qty in cart.items()) or "(empty)"
+    return ", ".join(f"{item}×{qty}" for item, qty in cart.items()) or "(empty)"  # noqa: RUF001
 
 
 class Walk:

@@ -305,6 +305,11 @@ class Stack:
         return Proc("balancer", cmd, self.workdir / "balancer.log", self._base_env())
 
     def start(self) -> Stack:
+        if shutil.which("php") is None:
+            raise StackError(
+                "the php CLI is missing: run `make system-php` "
+                "(sudo apt-get install -y php-cli php-curl php-msgpack)"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.db_url.startswith("sqlite:///"):
             Path(self.db_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

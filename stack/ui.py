@@ -54,7 +54,7 @@ class Output:
             return
         table = Table(title=title, title_justify="left", header_style="bold")
         for header, _ in columns:
-            table.add_column(header, no_wrap=header not in ("cart",))
+            table.add_column(header, no_wrap=True)
         self._table = table
         self._live = Live(table, console=self.console, auto_refresh=False)
         self._live.start()
@@ -78,7 +78,7 @@ class Output:
         assert self._table is not None and self._live is not None
         self._table.add_section()
         columns = len(self._table.columns)
-        self._table.add_row(f"[bold yellow]{text}[/]", *([""] * (columns - 1)))
+        self._table.add_row("", f"[bold yellow]{text}[/]", *([""] * (columns - 2)))
         self._table.add_section()
         self._live.refresh()
 

@@ -16,7 +16,7 @@ LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
 
 def test_short_loadtest_is_consistent_and_writes_reports(tmp_path: Path) -> None:
     cmd = [
-        sys.executable, "-m", "stack.loadtest", "--plain", "--sqlite", "--time", "6",
+        sys.executable, "-m", "stack.loadtest", "--plain", "--sqlite", "--time", "4",
         "--users", "6", "--spawn-rate", "6", "--node-workers", "2", "--out", str(tmp_path),
     ]  # fmt: skip
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -41,7 +41,7 @@ def test_locust_checks_fail_when_sessions_stay_on_one_node(tmp_path: Path) -> No
     with Stack(config) as stack:
         cmd = [
             str(BIN / "locust"), "-f", str(LOCUSTFILE), "--headless", "-u", "3", "-r", "3",
-            "-t", "4s", "--host", stack.url, "--only-summary", "--loglevel", "ERROR",
+            "-t", "3s", "--host", stack.url, "--only-summary", "--loglevel", "ERROR",
         ]  # fmt: skip
         r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
     assert r.returncode == 1, r.stdout + r.stderr
