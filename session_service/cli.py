@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from session_service.settings import Settings, parse_tokens
 
-_SHORT = {"db_url": ["--db"]}
+_SHORT = {"db_url": ["--db"], "db_replica_urls": ["--db-replica"]}
 
 
 def _env_name(name: str) -> str:
@@ -28,9 +28,11 @@ def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -
     for name in names:
         field = Settings.model_fields[name]
         flags = [*_SHORT.get(name, []), "--" + name.replace("_", "-")]
-        default = field.default
+        default = field.get_default(call_default_factory=True)
         help_text = f"{field.description} [env {_env_name(name)}; default {default!r}]"
-        if field.annotation is bool:
+        if field.annotation == list[str]:  # repeatable flag; None keeps the environment
+            parser.add_argument(*flags, dest=name, action="append", default=None, help=help_text)
+        elif field.annotation is bool:
             parser.add_argument(
                 *flags,
                 dest=name,
@@ -135,6 +137,8 @@ def _serve(settings: Settings) -> int:
 
     # Workers are separate processes: they read the same settings from the environment.
     for name, value in settings.model_dump().items():
+        if isinstance(value, list):
+            value = ",".join(value)
         os.environ[_env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     uvicorn.run(
         "session_service.api.app:app_from_environment",

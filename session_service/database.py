@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from session_service.settings import Settings
+from session_service.settings import Settings, split_urls
 
 
 def is_mysql(engine: Engine) -> bool:
@@ -22,7 +22,8 @@ def is_mysql(engine: Engine) -> bool:
 
 
 def create_store_engine(settings: Settings) -> Engine:
-    url = make_url(settings.db_url)
+    urls = split_urls(settings.db_url)
+    url = make_url(urls[0])
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(settings)
     connect_args: dict[str, Any] = {
@@ -54,7 +55,53 @@ def create_store_engine(settings: Settings) -> Engine:
         cur.execute("SET SESSION innodb_lock_wait_timeout = 5")
         cur.close()
 
+    if len(urls) > 1:
+        _connect_in_turn(engine, [make_url(u) for u in urls])
     return engine
+
+
+def _connect_in_turn(engine: Engine, nodes: list[Any]) -> None:
+    """Connect to the first reachable, ready node of a list (Galera), starting from the
+    last one that worked, so a dead node costs one refused connect, not every request.
+
+    A node that is up but not part of the primary component (wsrep_ready OFF) is
+    skipped too. Reads use wsrep_sync_wait=1 so that a read on one node sees every
+    write already committed through another (read-your-writes across nodes).
+    """
+    dialect = engine.dialect
+    current = [0]
+
+    @event.listens_for(engine, "do_connect")
+    def _first_reachable(_dialect: Any, _record: object, cargs: Any, cparams: Any) -> Any:
+        last_error: Exception | None = None
+        start = current[0]
+        for step in range(len(nodes)):
+            index = (start + step) % len(nodes)
+            params = {**cparams, **dialect.create_connect_args(nodes[index])[1]}
+            try:
+                conn = dialect.loaded_dbapi.connect(*cargs, **params)
+            except dialect.loaded_dbapi.Error as error:
+                last_error = error
+                continue
+            try:
+                cur = conn.cursor()
+                cur.execute("SHOW GLOBAL STATUS LIKE 'wsrep_ready'")
+                row = cur.fetchone()
+                if row is not None and str(row[1]).upper() != "ON":
+                    raise dialect.loaded_dbapi.OperationalError(
+                        1047, f"node {nodes[index].host}:{nodes[index].port} is not ready"
+                    )
+                if row is not None:
+                    cur.execute("SET SESSION wsrep_sync_wait = 1")
+                cur.close()
+            except dialect.loaded_dbapi.Error as error:
+                conn.close()
+                last_error = error
+                continue
+            current[0] = index
+            return conn
+        assert last_error is not None
+        raise last_error
 
 
 def _sqlite_engine(settings: Settings) -> Engine:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
     "session_http_requests_total",
@@ -25,3 +25,23 @@ DB_ERRORS = Counter("session_db_errors_total", "database errors by kind", ["kind
 DB_RETRIES = Counter("session_db_retries_total", "database operations retried after an error")
 GC_DELETED = Counter("session_gc_deleted_total", "expired sessions deleted by gc")
 GC_RUNS = Counter("session_gc_runs_total", "gc runs completed")
+DB_READS = Counter(
+    "session_db_reads_total", "lock-free reads by the database that served them", ["db"]
+)
+REPLICA_FALLBACKS = Counter(
+    "session_replica_fallbacks_total",
+    "lock-free reads sent to the primary although replicas are configured, by reason",
+    ["reason"],
+)
+REPLICA_LAG = Gauge(
+    "session_replica_lag_seconds",
+    "Seconds_Behind_Master at the last check (-1 when unknown or down)",
+    ["replica"],
+    multiprocess_mode="livemax",
+)
+REPLICA_HEALTHY = Gauge(
+    "session_replica_healthy",
+    "1 while the replica serves reads, else 0",
+    ["replica"],
+    multiprocess_mode="livemin",
+)

@@ -6,8 +6,11 @@ and `session-service --help` cannot drift from what the code reads.
 
 from __future__ import annotations
 
+import re
+from typing import Annotated
+
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
 #: MEDIUMBLOB holds 16 MiB - 1 bytes; a row must also fit MySQL's max_allowed_packet.
@@ -24,7 +27,28 @@ class Settings(BaseSettings):
     db_url: str = Field(
         default="sqlite:///./var/sessions.db",
         validation_alias=AliasChoices("SESSION_DB_URL", "SESSION_SERVICE_DB_URL", "db_url"),
-        description="SQLAlchemy URL of the store: sqlite:///path or mysql+pymysql://user:pw@host/db",
+        description="SQLAlchemy URL of the store: sqlite:///path or mysql+pymysql://user:pw@host/db"
+        " (the primary); several comma-separated MySQL URLs (Galera nodes) are tried in turn",
+    )
+    db_replica_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="read replica URL (repeatable, or comma-separated): serves lock-free reads",
+    )
+    replica_max_lag_seconds: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="largest Seconds_Behind_Master at which a replica still serves reads",
+    )
+    replica_check_interval: float = Field(
+        default=0.5, gt=0.0, description="seconds between replica lag and health checks"
+    )
+    replica_retry_seconds: float = Field(
+        default=2.0, gt=0.0, description="seconds before a failed replica is tried again"
+    )
+    replica_gtid_wait: float = Field(
+        default=0.05,
+        ge=0.0,
+        description="seconds a replica read waits (MASTER_GTID_WAIT) to catch up with writes",
     )
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=7070, ge=0, le=65535, description="TCP port to listen on")
@@ -85,10 +109,33 @@ class Settings(BaseSettings):
     @field_validator("db_url")
     @classmethod
     def _supported_db(cls, value: str) -> str:
-        scheme = value.split(":", 1)[0]
-        if not (scheme.startswith("sqlite") or scheme.startswith(("mysql", "mariadb"))):
-            raise ValueError("only sqlite:/// and mysql+pymysql:// URLs are supported")
+        urls = split_urls(value)
+        for url in urls:
+            scheme = url.split(":", 1)[0]
+            if not (scheme.startswith("sqlite") or scheme.startswith(("mysql", "mariadb"))):
+                raise ValueError("only sqlite:/// and mysql+pymysql:// URLs are supported")
+        if len(urls) > 1 and any(url.startswith("sqlite") for url in urls):
+            raise ValueError("a list of database URLs must all be MySQL/MariaDB (Galera nodes)")
         return value
+
+    @field_validator("db_replica_urls", mode="before")
+    @classmethod
+    def _replica_list(cls, value: object) -> object:
+        """Accept a list (flags) or one comma-separated string (environment)."""
+        items = value if isinstance(value, list | tuple) else [value]
+        urls = [url for item in items if item for url in split_urls(str(item))]
+        for url in urls:
+            if not url.startswith(("mysql", "mariadb")):
+                raise ValueError("replicas must be mysql+pymysql:// URLs")
+        return urls
+
+
+_URL_START = re.compile(r",\s*(?=[a-z][a-z0-9+]*://)")
+
+
+def split_urls(value: str) -> list[str]:
+    """Split "url1,url2": a comma counts only before another scheme, so query strings survive."""
+    return [url.strip() for url in _URL_START.split(value) if url.strip()]
 
 
 def parse_tokens(spec: str) -> dict[str, str]:

@@ -31,6 +31,7 @@ from session_service.errors import (
     VersionConflict,
 )
 from session_service.ids import hash_session_id
+from session_service.replicas import ReplicaSet
 from session_service.retry import backoff_seconds, classify
 from session_service.schema import leases
 from session_service.settings import Settings
@@ -110,6 +111,10 @@ class SessionStore:
         self.engine = engine or create_store_engine(self.settings)
         self.sql = statements.build(self.engine.dialect.name)
         self._clock = clock
+        self.replicas: ReplicaSet | None = None
+        if self.settings.db_replica_urls:
+            self.replicas = ReplicaSet(self.settings, self.engine)
+            self.replicas.start()
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -117,6 +122,8 @@ class SessionStore:
         return int(self._clock() * 1000)
 
     def close(self) -> None:
+        if self.replicas is not None:
+            self.replicas.close()
         self.engine.dispose()
 
     def _key(self, namespace: str, sid: str) -> Params:
@@ -126,11 +133,14 @@ class SessionStore:
         self,
         operation: Callable[[Connection], T],
         applied: Callable[[Connection], T | None] | None = None,
+        *,
+        writes: bool = True,
     ) -> T:
-        """Run `operation`, retrying transient errors within db_retry_seconds.
+        """Run `operation` on the primary, retrying transient errors within db_retry_seconds.
 
         After an ambiguous failure (the connection died mid-statement), `applied`
-        is asked first whether the earlier attempt already took effect.
+        is asked first whether the earlier attempt already took effect. With replicas,
+        an operation that `writes` notes its GTID so that later replica reads wait for it.
         """
         deadline = time.monotonic() + self.settings.db_retry_seconds
         attempt = 0
@@ -142,7 +152,10 @@ class SessionStore:
                         done = applied(conn)
                         if done is not None:
                             return done
-                    return operation(conn)
+                    result = operation(conn)
+                    if writes and self.replicas is not None:
+                        self.replicas.note_write(conn)
+                    return result
             except sa_exc.DBAPIError as error:
                 transient = classify(error)
                 kind = transient.kind if transient else type(error.orig).__name__
@@ -186,6 +199,15 @@ class SessionStore:
 
     # -- reads -------------------------------------------------------------------
 
+    def _read(self, operation: Callable[[Connection], T]) -> T:
+        """A lock-free read: on a healthy, caught-up replica if there is one, else the primary."""
+        if self.replicas is not None:
+            served = self.replicas.read(operation)
+            if served is not None:
+                return served[0]
+        metrics.DB_READS.labels(db="primary").inc()
+        return self._run(operation, writes=False)
+
     def read(self, namespace: str, sid: str) -> SessionRecord | None:
         """The live session, without locking; None when absent or expired."""
         params = self._key(namespace, sid)
@@ -196,12 +218,12 @@ class SessionStore:
                 return None
             return SessionRecord(bytes(row.data), int(row.version), _seconds(int(row.expires_at)))
 
-        return self._run(op)
+        return self._read(op)
 
     def exists(self, namespace: str, sid: str) -> bool:
         """True for a live session, including one being created under a lock right now."""
         params = self._key(namespace, sid)
-        return self._run(lambda conn: conn.execute(self.sql.exists, params).first() is not None)
+        return self._read(lambda conn: conn.execute(self.sql.exists, params).first() is not None)
 
     # -- locking -----------------------------------------------------------------
 
@@ -238,10 +260,11 @@ class SessionStore:
             except sa_exc.IntegrityError:
                 return LockAttempt(None, now)  # created by a concurrent request: poll again
             return LockAttempt(_locked_record(p["token"], p["lease_end"], 0, now, b"", now))
-        if row.lock_token is not None and int(row.lock_expires) > now:
+        mine = row.lock_token == p["token"]  # an ambiguous earlier attempt took it already
+        if not mine and row.lock_token is not None and int(row.lock_expires) > now:
             return LockAttempt(None, int(row.lock_expires))
         p.update(seen_version=row.version, seen_wid=row.write_id)
-        if not conn.execute(self.sql.lock_take, p).rowcount:
+        if not mine and not conn.execute(self.sql.lock_take, p).rowcount:
             return LockAttempt(None, now)  # changed under us: poll again
         return LockAttempt(
             _locked_record(
