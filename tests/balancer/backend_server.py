@@ -7,6 +7,7 @@ exposes a few test endpoints:
   /slow?s=SECONDS    waits, then answers
   /download?n=BYTES&chunked=1   streams BYTES bytes (Content-Length unless chunked=1)
   /upload            (any method with a body) answers with the body byte count
+  /die?who=NAME      the backend called NAME exits without answering
   /_count            requests and bytes received so far (not counting this request)
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -115,6 +117,8 @@ class Handler(asyncio.Protocol):
             await self.download(int(query["n"]), query.get("chunked") == "1")
         elif path == "/upload":
             self.send(str(size).encode())
+        elif path == "/die" and query.get("who") == NAME.decode():
+            os._exit(1)  # the request reached this backend, which dies without answering
         elif path == "/nocontent":
             self.transport.write(b"HTTP/1.1 204 No Content\r\nX-Backend: %s\r\n\r\n" % NAME)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import signal
+import socket
 import threading
 from collections import Counter
 from pathlib import Path
@@ -200,3 +201,49 @@ def test_sigterm_drains_in_flight_requests_then_exits(
     assert balancer.proc.wait(30) == 0
     log = balancer.stop()
     assert "draining 9 connection(s)" in log and "Traceback" not in log
+
+
+def test_only_idempotent_requests_are_retried_once_they_reached_a_backend(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends, "--check-interval", "60")
+    conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+    # The rotation starts at b1: the GET reaches b1, which dies; it is retried on b2.
+    conn.request("GET", "/die?who=b1")
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"b2")
+    # Next is b3: the POST reaches it, b3 dies, and the POST is not sent anywhere else.
+    conn.request("POST", "/die?who=b3", body=b"order=1")
+    response = conn.getresponse()
+    assert response.status == 502
+    assert b"backend b3" in response.read()
+    conn.close()
+    assert backends[1].count()["requests"] == 1  # only the retried GET
+
+
+def test_a_backend_that_does_not_answer_in_time_gives_504(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends[:1], "--server-timeout", "0.5")
+    answer = raw_exchange(balancer.port, b"GET /slow?s=5 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 504 ")
+    assert get(balancer.port) == "b1"
+
+
+def test_a_client_that_stops_reading_is_cut_off(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends[:1], "--idle-timeout", "0.5")
+    sock = socket.create_connection(("127.0.0.1", balancer.port), 30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"GET /download?n=104857600 HTTP/1.1\r\nHost: t\r\n\r\n")
+    try:
+        for _ in range(300):  # the client reads nothing; wait for the balancer to let go
+            if balancer.stats()["connections"] == 0:
+                break
+            threading.Event().wait(0.05)
+        stats = balancer.stats()
+        assert stats["connections"] == 0 and stats["timeouts"] >= 1
+    finally:
+        sock.close()
+    assert get(balancer.port) == "b1"
