@@ -119,10 +119,13 @@ def report(out: Output, rows: list[dict[str, str]], summary: dict[str, Any], sec
             ]
         )
     out.table_end()
-    nodes = summary.get("nodes", {})
+
+
+def node_spread(summary: dict[str, Any]) -> str:
+    """Requests per node over the whole run (X-Served-By), including the users' last tasks."""
+    nodes: dict[str, int] = summary.get("nodes", {})
     total = sum(nodes.values()) or 1
-    spread = ", ".join(f"{n} {c} ({100 * c / total:.0f} %)" for n, c in sorted(nodes.items()))
-    out.kv([("requests per node", spread or "none")])
+    return ", ".join(f"{n} {c} ({100 * c / total:.0f} %)" for n, c in sorted(nodes.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             ("requests per second", f"{float(total['Requests/s']):.1f}"),
             ("p50 / p95 / p99", " / ".join(fmt_ms(total[k]) for k in ("50%", "95%", "99%"))),
             ("failures", f"{total['Failure Count']} of {total['Request Count']}"),
+            ("requests per node", node_spread(summary) or "none"),
             ("state checks", ", ".join(f"{k} {v}" for k, v in summary["checked"].items())),
             ("report", f"{html_path} (CSV: {prefix}_*.csv)"),
             ("wall time", f"{elapsed:.0f} s"),
