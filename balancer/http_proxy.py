@@ -331,6 +331,7 @@ class Exchange:
         "started_at",
         "status",
         "tried",
+        "until_close",
     )
 
     def __init__(
@@ -364,6 +365,7 @@ class Exchange:
         self.head_buf = b""
         self.interim = False
         self.mode = LENGTH
+        self.until_close = False
         self.keep_alive = False
         self.status = 0
         self.started_at = 0.0
@@ -512,11 +514,15 @@ class Exchange:
         elif content_length is not None:
             self.mode = LENGTH
             out += (b"Content-Length: ", content_length, b"\r\n")
-        elif chunked and self.client_http11:
+        elif self.client_http11:
+            # Chunked from the backend, or delimited by its close (php -S, HTTP/1.0
+            # backends): chunked towards the client, whose connection then stays open.
             self.mode = CHUNKED
+            self.until_close = not chunked
             out.append(b"Transfer-Encoding: chunked\r\n")
         else:
             self.mode = UNTIL_CLOSE
+            self.until_close = not chunked
         self.keep_alive = (
             self.client_keep_alive
             and self.mode != UNTIL_CLOSE
@@ -581,7 +587,7 @@ class Exchange:
         """The backend connection closed before the response was complete."""
         if self.done or conn is not self.conn:
             return
-        if self.mode == UNTIL_CLOSE and self.response_started and not self.interim:
+        if self.until_close and self.response_started and not self.interim:
             self.conn = None
             self.response_end(False)
             return

@@ -7,6 +7,7 @@ exposes a few test endpoints:
   /slow?s=SECONDS    waits, then answers
   /download?n=BYTES&chunked=1   streams BYTES bytes (Content-Length unless chunked=1)
   /upload            (any method with a body) answers with the body byte count
+  /until-close       a body delimited by closing the connection (as php -S does)
   /die?who=NAME      the backend called NAME exits without answering
   /_count            requests and bytes received so far (not counting this request)
 """
@@ -119,6 +120,9 @@ class Handler(asyncio.Protocol):
             self.send(str(size).encode())
         elif path == "/die" and query.get("who") == NAME.decode():
             os._exit(1)  # the request reached this backend, which dies without answering
+        elif path == "/until-close":  # like php -S: no Content-Length, the close ends it
+            self.transport.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + NAME)
+            self.transport.close()
         elif path == "/nocontent":
             self.transport.write(b"HTTP/1.1 204 No Content\r\nX-Backend: %s\r\n\r\n" % NAME)
         else:

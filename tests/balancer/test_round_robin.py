@@ -135,6 +135,24 @@ def test_head_204_and_http10_clients(
     assert b"chunked" not in head.lower() and body == b"x" * 70000
 
 
+def test_close_delimited_responses_keep_the_client_connection(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends)
+    conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+    names = []
+    for _ in range(6):
+        conn.request("GET", "/until-close")
+        response = conn.getresponse()
+        assert response.getheader("Transfer-Encoding") == "chunked"
+        names.append(response.read().decode())
+    sock = conn.sock
+    assert get(balancer.port, conn=conn) in {"b1", "b2", "b3"}
+    assert conn.sock is sock, "the client connection was closed"
+    conn.close()
+    assert Counter(names) == {"b1": 2, "b2": 2, "b3": 2}
+
+
 def test_a_stats_port_serves_json_html_and_prometheus(
     backends: list[BackendProcess], start_balancer: StartBalancer
 ) -> None:
