@@ -99,7 +99,9 @@ class Bench:
     # ------------------------------------------------------------------ setup
 
     def db(self) -> pymysql.connections.Connection:
-        return pymysql.connect(host=self.args.db_host, port=self.args.db_port, user="root", password="")
+        return pymysql.connect(
+            host=self.args.db_host, port=self.args.db_port, user="root", password=""
+        )
 
     def create_db(self, prefix: str) -> str:
         name = f"{prefix}_{uuid.uuid4().hex[:8]}"
@@ -200,7 +202,9 @@ class Bench:
 
     def counters(self, page: str, ids: list[str]) -> int:
         def one(sid: str) -> int:
-            r = httpx.get(self.url(page, "read"), headers={"Cookie": f"PHPSESSID={sid}"}, timeout=30)
+            r = httpx.get(
+                self.url(page, "read"), headers={"Cookie": f"PHPSESSID={sid}"}, timeout=30
+            )
             if r.status_code != 200:
                 raise RuntimeError(f"read {page}: {r.status_code} {r.text[:300]}")
             return int(r.text)
@@ -211,8 +215,9 @@ class Bench:
     def wrk(self, page: str, ids_file: Path, seconds: float, connections: int) -> dict[str, Any]:
         path = page + ("&" if "?" in page else "?") + "op=rmw"
         cmd = [
-            "wrk", "-t", str(self.args.threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
-            "--timeout", "30s", "-s", str(LUA), self.php_url, "--", path, str(ids_file),
+            "wrk", "-t", str(self.args.threads), "-c", str(connections),
+            "-d", f"{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(LUA),
+            self.php_url, "--", path, str(ids_file),
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -225,7 +230,9 @@ class Bench:
         res["rps"] = res["ok"] / (res["duration_us"] / 1e6)
         return res
 
-    def measure(self, name: str, page: str, sessions: int, seconds: float, connections: int) -> dict[str, Any]:
+    def measure(
+        self, name: str, page: str, sessions: int, seconds: float, connections: int
+    ) -> dict[str, Any]:
         ids = self.init_sessions(page, sessions)
         ids_file = self.tmp / f"ids-{uuid.uuid4().hex[:6]}.txt"
         ids_file.write_text("\n".join(ids) + "\n")
@@ -252,16 +259,31 @@ class Bench:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--duration", type=float, default=15, help="seconds per handler (default 15)")
-    p.add_argument("--warmup", type=float, default=3, help="warm-up seconds per handler (default 3)")
+    p.add_argument(
+        "--warmup", type=float, default=3, help="warm-up seconds per handler (default 3)"
+    )
     p.add_argument("--sessions", type=int, default=1000, help="distinct sessions (default 1000)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--php-workers", type=int, default=8, help="PHP_CLI_SERVER_WORKERS (default 8)")
-    p.add_argument("--service-workers", type=int, default=2, help="session-service --workers (default 2)")
-    p.add_argument("--handlers", default="files,service,pdo", help="comma-separated subset of files,service,pdo")
-    p.add_argument("--contention", type=float, default=5, help="seconds per variant of the one-session run (0 skips)")
+    p.add_argument(
+        "--service-workers", type=int, default=2, help="session-service --workers (default 2)"
+    )
+    p.add_argument(
+        "--handlers",
+        default="files,service,pdo",
+        help="comma-separated subset of files,service,pdo",
+    )
+    p.add_argument(
+        "--contention",
+        type=float,
+        default=5,
+        help="seconds per variant of the one-session run (0 skips)",
+    )
     p.add_argument("--db-host", default="127.0.0.1")
     p.add_argument("--db-port", type=int, default=3306)
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
@@ -272,16 +294,23 @@ def main() -> int:
             sys.exit(f"{tool} not found")
 
     bench = Bench(args)
-    results: dict[str, Any] = {"config": vars(args) | {"json": str(args.json)}, "main": {}, "contention": {}}
+    results: dict[str, Any] = {
+        "config": vars(args) | {"json": str(args.json)},
+        "main": {},
+        "contention": {},
+    }
     try:
         bench.start()
         print(
-            f"PHP node: php -S, {args.php_workers} workers, opcache; service: {args.service_workers} "
-            f"worker(s); wrk -t{args.threads} -c{args.connections}; {os.cpu_count()} CPUs; logs in {bench.tmp}"
+            f"PHP node: php -S, {args.php_workers} workers, opcache; service: "
+            f"{args.service_workers} worker(s); wrk -t{args.threads} -c{args.connections}; "
+            f"{os.cpu_count()} CPUs; logs in {bench.tmp}"
         )
         print(f"\nread-modify-write, {args.sessions} distinct sessions, {args.duration:g}s each:")
         for name in [h.strip() for h in args.handlers.split(",") if h.strip()]:
-            results["main"][name] = bench.measure(name, PAGES[name], args.sessions, args.duration, args.connections)
+            results["main"][name] = bench.measure(
+                name, PAGES[name], args.sessions, args.duration, args.connections
+            )
         main_res = results["main"]
         print("\nratios (throughput):")
         pairs = [("service", "pdo"), ("service", "files"), ("pdo", "files")]
@@ -293,13 +322,16 @@ def main() -> int:
                 print(f"  {a} / {b}: {ratio:.2f}")
         if "service" in main_res and "pdo" in main_res:
             ok = results["ratios"]["service/pdo"] >= 0.6 and main_res["service"]["lost"] == 0
-            print(f"  target (service >= 60% of pdo, zero lost updates): {'met' if ok else 'NOT met'}")
+            verdict = "met" if ok else "NOT met"
+            print(f"  target (service >= 60% of pdo, zero lost updates): {verdict}")
 
         if args.contention > 0:
             print(f"\ncontention: every request on ONE session, {args.contention:g}s each:")
             for name, page in CONTENTION.items():
                 if name.split()[0] in main_res or not main_res:
-                    results["contention"][name] = bench.measure(name, page, 1, args.contention, args.connections)
+                    results["contention"][name] = bench.measure(
+                        name, page, 1, args.contention, args.connections
+                    )
 
         problems = bench.php_log_problems()
         print(f"\nPHP error log: {len(problems)} line(s)")

@@ -467,7 +467,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         if (null === $this->curl) {
             $curl = curl_init();
             if (false === $curl) {
-                return ['status' => 0, 'body' => null, 'url' => $this->urls[0].$path, 'error' => 'curl_init() failed'];
+                return ['status' => 0, 'body' => null, 'url' => $this->urls[0].self::redact($path), 'error' => 'curl_init() failed'];
             }
             $this->curl = $curl;
         }
@@ -498,6 +498,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         for ($attempt = 0; $attempt < $count; ++$attempt) {
             $index = ($this->urlIndex + $attempt) % $count;
             $url = $this->urls[$index].$path;
+            $shown = $this->urls[$index].self::redact($path);
             curl_reset($ch); // keeps the live connections
             $options = [
                 \CURLOPT_URL => $url,
@@ -525,7 +526,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             if (0 === $errno && \is_string($raw)) {
                 $status = (int) curl_getinfo($ch, \CURLINFO_RESPONSE_CODE);
                 $type = (string) curl_getinfo($ch, \CURLINFO_CONTENT_TYPE);
-                $result = ['status' => $status, 'body' => $this->decodeBody($raw, $type), 'url' => $url, 'error' => null];
+                $result = ['status' => $status, 'body' => $this->decodeBody($raw, $type), 'url' => $shown, 'error' => null];
                 if (503 !== $status || $attempt === $count - 1) {
                     $this->urlIndex = $index;
 
@@ -534,7 +535,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
                 continue; // this instance cannot reach the database: try the next one
             }
             $error = sprintf('curl error %d: %s', $errno, curl_error($ch));
-            $result = ['status' => 0, 'body' => null, 'url' => $url, 'error' => $error];
+            $result = ['status' => 0, 'body' => null, 'url' => $shown, 'error' => $error];
             // Only failures before the request reached a service are safe to retry
             // elsewhere (a timed-out lock request may have been granted).
             $connected = (float) curl_getinfo($ch, \CURLINFO_CONNECT_TIME) > 0.0;
@@ -548,7 +549,13 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             }
         }
 
-        return $result ?? ['status' => 0, 'body' => null, 'url' => $this->urls[0].$path, 'error' => 'no url'];
+        return $result ?? ['status' => 0, 'body' => null, 'url' => $this->urls[0].self::redact($path), 'error' => 'no url'];
+    }
+
+    /** A request path fit for the log: the session id and lock token are masked. */
+    private static function redact(string $path): string
+    {
+        return (string) preg_replace(['~^/v1/sessions/[^/?]+~', '~([?&]lock=)[^&]*~'], ['/v1/sessions/{sid}', '$1…'], $path);
     }
 
     private function decodeBody(string $raw, string $contentType): mixed

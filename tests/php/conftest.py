@@ -110,7 +110,9 @@ class ServiceProcess:
 
 
 LOG_LINE = re.compile(r"^\[[^\]]+\] ")
-PHP_MESSAGE = re.compile(r"(PHP )?(Warning|Notice|Deprecated|Fatal error|Parse error|Strict Standards):")
+PHP_MESSAGE = re.compile(
+    r"(PHP )?(Warning|Notice|Deprecated|Fatal error|Parse error|Strict Standards):"
+)
 
 
 class PhpNode:
@@ -251,9 +253,27 @@ class Browser:
         return data
 
 
-def run_concurrently(
-    fn: Callable[[int], Any], count: int, threads: int | None = None
-) -> list[Any]:
+def while_holding(
+    holder: Callable[[str], Any], other: Callable[[], Any], workdir: Path, delay: float = 0.0
+) -> tuple[Any, Any]:
+    """Run holder(mark_file) in a thread; once the PHP page created mark_file (it holds
+    the session), wait `delay` seconds and run other(). Returns both results."""
+    mark = workdir / f"mark-{uuid.uuid4().hex}"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(holder, str(mark))
+        deadline = time.monotonic() + 20
+        while not mark.exists():
+            if first.done():
+                first.result()
+                raise AssertionError("the holding request ended before it held the session")
+            assert time.monotonic() < deadline, "the holding request never started its session"
+            time.sleep(0.01)
+        time.sleep(delay)
+        second = other()
+        return first.result(), second
+
+
+def run_concurrently(fn: Callable[[int], Any], count: int, threads: int | None = None) -> list[Any]:
     with concurrent.futures.ThreadPoolExecutor(threads or count) as pool:
         return list(pool.map(fn, range(count)))
 
@@ -336,7 +356,12 @@ def start_node(php_workdir: Path) -> Iterator[Callable[..., PhpNode]]:
         url = urls if isinstance(urls, str) else ",".join(urls)
         full_env = {"SESSION_SERVICE_URL": url, "SESSION_SERVICE_TOKEN": TOKEN}
         full_env.update({f"SESSION_SERVICE_{k.upper()}": v for k, v in env.items()})
-        key = (tuple(sorted(full_env.items())), tuple(sorted((ini or {}).items())), workers, prepend)
+        key = (
+            tuple(sorted(full_env.items())),
+            tuple(sorted((ini or {}).items())),
+            workers,
+            prepend,
+        )
         if not fresh and key in cache:
             return cache[key]
         node = PhpNode(php_workdir, full_env, ini, workers, prepend)

@@ -12,23 +12,41 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from .conftest import Browser, PhpNode, ServiceProcess, free_port, run_concurrently
+from .conftest import (
+    Browser,
+    PhpNode,
+    ServiceProcess,
+    free_port,
+    run_concurrently,
+    while_holding,
+)
 
 READ_FAILED = r"PHP Warning:  session_start\(\): Failed to read session data: user"
-WRITE_FAILED = r"PHP Warning:  session_write_close\(\): Failed to write session data using user defined save handler"
+WRITE_FAILED = (
+    r"PHP Warning:  session_write_close\(\): Failed to write session data"
+    r" using user defined save handler"
+)
+LOG = r"session-service: session [0-9a-f]{12}: "  # a handler line: hashed id, never the raw one
 NodeFactory = Callable[..., PhpNode]
 
 
 @pytest.fixture(scope="module")
-def nodes(start_node: NodeFactory, service: ServiceProcess, service2: ServiceProcess) -> list[PhpNode]:
-    """Three nodes: two talk to service 1, one to service 2 (same database)."""
+def nodes(
+    start_node: NodeFactory, service: ServiceProcess, service2: ServiceProcess
+) -> list[PhpNode]:
+    """Three nodes: two talk to service 1, one to service 2 (same database).
+
+    The lock wait is long (PHP's files handler waits for ever), so that 40 requests
+    queued on one session on a loaded 2-core machine never time out.
+    """
     return [
-        start_node(service.url),
-        start_node(service.url, workers=3),
-        start_node(service2.url),
+        start_node(service.url, lock_wait_ms="30000"),
+        start_node(service.url, lock_wait_ms="30000", workers=3),
+        start_node(service2.url, lock_wait_ms="30000"),
     ]
 
 
@@ -118,39 +136,40 @@ def test_lazy_write_touch_keeps_data(nodes: list[PhpNode]) -> None:
     assert b.get(nodes[0], "incr")["n"] == 2
 
 
-def test_read_and_close_releases_lock_at_once(nodes: list[PhpNode]) -> None:
+def test_read_and_close_releases_lock_at_once(nodes: list[PhpNode], php_workdir: Path) -> None:
     b = Browser()
     b.get(nodes[0], "incr")
     sid = b.sid
 
-    def call(i: int) -> tuple[float, dict[str, object]]:
-        if i == 1:
-            time.sleep(0.3)  # let the read_and_close request start first
+    def reader(mark: str) -> dict[str, object]:
+        return Browser(sid).get(nodes[0], "hold_readonly", sleep_ms=2000, mark=mark)
+
+    def writer() -> tuple[float, dict[str, object]]:
         t = time.monotonic()
-        op = "hold_readonly" if i == 0 else "incr"
-        out = Browser(sid).get(nodes[i], op, sleep_ms=2000 if i == 0 else 0)
+        out = Browser(sid).get(nodes[1], "incr")
         return time.monotonic() - t, out
 
-    (slow_t, slow), (fast_t, fast) = run_concurrently(call, 2)
-    assert slow["n"] == 1 and slow_t >= 2.0
+    slow, (fast_t, fast) = while_holding(reader, writer, php_workdir)
+    assert slow["n"] == 1
     assert fast["n"] == 2
     assert fast_t < 1.0, f"the writer waited {fast_t:.2f}s for a read_and_close request"
 
 
-def test_lock_held_until_write_close(nodes: list[PhpNode]) -> None:
+def test_lock_held_until_write_close(nodes: list[PhpNode], php_workdir: Path) -> None:
     """The lock spans session_start()..end of request, like the files handler."""
     b = Browser()
     b.get(nodes[0], "incr")
     sid = b.sid
 
-    def call(i: int) -> tuple[float, int]:
-        if i == 1:
-            time.sleep(0.3)
+    def holder(mark: str) -> int:
+        return int(Browser(sid).get(nodes[0], "incr", sleep_ms=1000, mark=mark)["n"])
+
+    def other() -> tuple[float, int]:
         t = time.monotonic()
-        out = Browser(sid).get(nodes[i], "incr", sleep_ms=1000 if i == 0 else 0)
+        out = Browser(sid).get(nodes[1], "incr")
         return time.monotonic() - t, int(out["n"])
 
-    (_, first), (waited, second) = run_concurrently(call, 2)
+    first, (waited, second) = while_holding(holder, other, php_workdir)
     assert (first, second) == (2, 3)
     assert waited >= 0.5, "the second request must wait for the first one's lock"
 
@@ -160,7 +179,9 @@ def test_fatal_error_releases_lock(nodes: list[PhpNode]) -> None:
     b.get(nodes[0], "incr")
     r = b.request(nodes[1], "fatal")
     assert r.status_code == 500
-    nodes[1].expect(r"PHP Fatal error:  Uncaught Error: Call to undefined function undefined_function_")
+    nodes[1].expect(
+        r"PHP Fatal error:  Uncaught Error: Call to undefined function undefined_function_"
+    )
     t = time.monotonic()
     out = b.get(nodes[2], "incr")
     assert time.monotonic() - t < 2.0, "the lock of the crashed request was released"
@@ -180,7 +201,9 @@ def test_expiry_honours_gc_maxlifetime(start_node: NodeFactory, service: Service
 
 
 @pytest.mark.parametrize("fmt", ["auto", "json"])
-def test_binary_data_round_trips(start_node: NodeFactory, service: ServiceProcess, fmt: str) -> None:
+def test_binary_data_round_trips(
+    start_node: NodeFactory, service: ServiceProcess, fmt: str
+) -> None:
     node = start_node(service.url, format=fmt)
     blob = bytes(range(256)) * 64 + b"\x00\xff\xfe" + "é€𝄞".encode() + os.urandom(4096)
     b = Browser()
@@ -202,7 +225,11 @@ def test_size_limit(nodes: list[PhpNode]) -> None:
     over = os.urandom(limit + 1)
     out = b.get(nodes[2], "set_blob", body=over)
     assert out["started"] is True  # (session_write_close() reports true even when write failed)
-    nodes[2].expect(r"session-service: session [0-9a-f]{12}: write failed: http://127\.0\.0\.1:\d+/v1/sessions/\S+ answered HTTP 413 too_large")
+    (line,) = nodes[2].expect(
+        LOG
+        + r"write failed: http://127\.0\.0\.1:\d+/v1/sessions/\{sid\} answered HTTP 413 too_large"
+    )
+    assert b.sid and b.sid not in line, "the raw session id is never logged"
     nodes[2].expect(WRITE_FAILED)
     back = b.get(nodes[0], "get_blob")
     assert back["sha256"] == hashlib.sha256(near).hexdigest(), "the stored session is intact"
@@ -212,37 +239,37 @@ def test_size_limit(nodes: list[PhpNode]) -> None:
     assert time.monotonic() - t < 1.0
 
 
-def test_lock_timeout_fails_by_default(start_node: NodeFactory, service: ServiceProcess) -> None:
+def test_lock_timeout_fails_by_default(
+    start_node: NodeFactory, service: ServiceProcess, php_workdir: Path
+) -> None:
     node = start_node(service.url, lock_wait_ms="300")
     b = Browser()
     b.get(node, "incr")
     sid = b.sid
-
-    def call(i: int) -> dict[str, object]:
-        if i == 1:
-            time.sleep(0.3)
-        return Browser(sid).get(node, "incr", sleep_ms=1500 if i == 0 else 0)
-
-    holder, blocked = run_concurrently(call, 2)
+    holder, blocked = while_holding(
+        lambda mark: Browser(sid).get(node, "incr", sleep_ms=1500, mark=mark),
+        lambda: Browser(sid).get(node, "incr"),
+        php_workdir,
+    )
     assert holder["n"] == 2
     assert blocked["started"] is False
-    node.expect(r"session-service: session [0-9a-f]{12}: lock not obtained within 300 ms at http://\S+ \(HTTP 423 lock_timeout")
+    node.expect(LOG + r"lock not obtained within 300 ms at http://\S+ \(HTTP 423 lock_timeout")
     node.expect(READ_FAILED)
     assert b.get(node, "get")["session"] == {"n": 2}
 
 
-def test_lock_timeout_readonly(start_node: NodeFactory, service: ServiceProcess) -> None:
+def test_lock_timeout_readonly(
+    start_node: NodeFactory, service: ServiceProcess, php_workdir: Path
+) -> None:
     node = start_node(service.url, lock_wait_ms="300", on_lock_timeout="readonly")
     b = Browser()
     b.get(node, "incr")
     sid = b.sid
-
-    def call(i: int) -> dict[str, object]:
-        if i == 1:
-            time.sleep(0.3)
-        return Browser(sid).get(node, "incr", sleep_ms=1500 if i == 0 else 0)
-
-    holder, readonly = run_concurrently(call, 2)
+    holder, readonly = while_holding(
+        lambda mark: Browser(sid).get(node, "incr", sleep_ms=1500, mark=mark),
+        lambda: Browser(sid).get(node, "incr"),
+        php_workdir,
+    )
     assert holder["n"] == 2
     assert readonly["started"] is True and readonly["n"] == 2, "saw the stored data (n=1), +1"
     node.expect(r"lock not obtained within 300 ms .* serving the session read-only")
@@ -250,7 +277,9 @@ def test_lock_timeout_readonly(start_node: NodeFactory, service: ServiceProcess)
     assert b.get(node, "get")["session"] == {"n": 2}, "the read-only request's change was dropped"
 
 
-def test_service_down_fail_policy(start_node: NodeFactory, start_service: Callable[..., ServiceProcess]) -> None:
+def test_service_down_fail_policy(
+    start_node: NodeFactory, start_service: Callable[..., ServiceProcess]
+) -> None:
     svc = start_service()
     node = start_node(svc.url, fresh=True, connect_timeout_ms="300")
     b = Browser()
@@ -258,13 +287,20 @@ def test_service_down_fail_policy(start_node: NodeFactory, start_service: Callab
     svc.stop()
     out = b.get(node, "incr")
     assert out["started"] is False
-    node.expect(rf"session-service: session [0-9a-f]{{12}}: lock failed: service unreachable at {svc.url}/v1/sessions/\S+ \(curl error 7")
+    (line,) = node.expect(
+        LOG
+        + rf"lock failed: service unreachable at {svc.url}/v1/sessions/\{{sid\}}/lock"
+        + r"\?wait_ms=\d+&lease_ms=\d+ \(curl error 7"
+    )
+    assert b.sid and b.sid not in line
     node.expect(READ_FAILED)
     svc.start()
     assert b.get(node, "incr")["n"] == 2, "the session survived the outage"
 
 
-def test_service_down_empty_policy(start_node: NodeFactory, start_service: Callable[..., ServiceProcess]) -> None:
+def test_service_down_empty_policy(
+    start_node: NodeFactory, start_service: Callable[..., ServiceProcess]
+) -> None:
     svc = start_service()
     node = start_node(svc.url, fresh=True, connect_timeout_ms="300", on_unavailable="empty")
     b = Browser()
@@ -291,7 +327,9 @@ def test_second_url_serves_when_first_is_down(
     node.expect(rf"session-service: {dead} unreachable \(curl error 7.*\), trying {service.url}")
 
 
-def test_symfony_native_session_storage(start_node: NodeFactory, service: ServiceProcess, service2: ServiceProcess) -> None:
+def test_symfony_native_session_storage(
+    start_node: NodeFactory, service: ServiceProcess, service2: ServiceProcess
+) -> None:
     sym = [
         start_node(service.url, prepend=False),
         start_node(service2.url, prepend=False),
@@ -347,21 +385,22 @@ def test_empty_session_keeps_its_id(nodes: list[PhpNode], service: ServiceProces
     assert b.get(nodes[2], "incr")["n"] == 1 and b.sid == first
 
 
-def test_lock_lost_after_lease_is_logged(start_node: NodeFactory, service: ServiceProcess) -> None:
+def test_lock_lost_after_lease_is_logged(
+    start_node: NodeFactory, service: ServiceProcess, php_workdir: Path
+) -> None:
     """A request that outlives its lease loses the lock: its write is refused (409), logged."""
     node = start_node(service.url, lock_lease_ms="500")
     b = Browser()
     b.get(node, "incr")
     sid = b.sid
-
-    def call(i: int) -> dict[str, object]:
-        if i == 1:
-            time.sleep(0.8)  # after the first request's lease ran out
-        return Browser(sid).get(node, "incr", sleep_ms=1500 if i == 0 else 0)
-
-    slow, fast = run_concurrently(call, 2)
+    slow, fast = while_holding(
+        lambda mark: Browser(sid).get(node, "incr", sleep_ms=2000, mark=mark),
+        lambda: Browser(sid).get(node, "incr"),
+        php_workdir,
+        delay=0.8,  # after the first request's lease ran out
+    )
     assert slow["n"] == 2 and fast["n"] == 2
-    node.expect(r"session-service: session [0-9a-f]{12}: write failed: \S+ answered HTTP 409 lock_lost.*the lock was lost")
+    node.expect(LOG + r"write failed: \S+ answered HTTP 409 lock_lost.*the lock was lost")
     node.expect(WRITE_FAILED)
     assert b.get(node, "get")["session"] == {"n": 2}, "the stale write did not overwrite"
 
@@ -370,5 +409,7 @@ def test_wrong_token_fails_clearly(start_node: NodeFactory, service: ServiceProc
     node = start_node(service.url, token="not-the-token")
     out = Browser().get(node, "incr")
     assert out["started"] is False
-    node.expect(r"session-service: session [0-9a-f]{12}: lock failed: \S+ answered HTTP 401 unauthorized.*check SESSION_SERVICE_TOKEN")
+    node.expect(
+        LOG + r"lock failed: \S+ answered HTTP 401 unauthorized.*check SESSION_SERVICE_TOKEN"
+    )
     node.expect(READ_FAILED)

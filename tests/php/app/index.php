@@ -12,10 +12,18 @@ header('Content-Type: application/json');
 $op = $_GET['op'] ?? 'incr';
 $sleepMs = (int) ($_GET['sleep_ms'] ?? 0);
 $out = ['op' => $op];
+// mark=<file>: created once the session is started (the lock is held), so a test
+// can start a competing request at the right moment instead of guessing with sleeps.
+$mark = static function (): void {
+    if (isset($_GET['mark'])) {
+        touch((string) $_GET['mark']);
+    }
+};
 
 switch ($op) {
     case 'incr': // read-modify-write, holding the session for sleep_ms
         $out['started'] = session_start();
+        $mark();
         if ($out['started']) {
             $n = $_SESSION['n'] ?? 0;
             if ($sleepMs > 0) {
@@ -40,6 +48,7 @@ switch ($op) {
     case 'hold_readonly': // read_and_close, then keep working for sleep_ms
         $out['started'] = session_start(['read_and_close' => true]);
         $out['n'] = $_SESSION['n'] ?? null;
+        $mark();
         usleep($sleepMs * 1000);
         break;
 
