@@ -36,6 +36,7 @@ class Frontend:
         self.connections: set[Swept] = set()
         self.draining = False
         self.debug_header = b""
+        self.log_requests = settings.debug  # -d: one log line per request
         if settings.debug_header:
             self.debug_header = settings.debug_header.encode("ascii") + b": "
         self.started = time.time()

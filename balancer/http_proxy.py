@@ -182,6 +182,8 @@ class ClientConnection(asyncio.Protocol):
             self, method, head.data, head.chunked, http11, parser.should_keep_alive()
         )
         fe.requests += 1
+        if fe.log_requests:
+            exchange.target = self.url
         self._event(HEAD, exchange)
 
     def on_body(self, body: bytes) -> None:
@@ -330,6 +332,7 @@ class Exchange:
         "sent_any",
         "started_at",
         "status",
+        "target",
         "tried",
         "until_close",
     )
@@ -366,6 +369,7 @@ class Exchange:
         self.interim = False
         self.mode = LENGTH
         self.until_close = False
+        self.target = b""
         self.keep_alive = False
         self.status = 0
         self.started_at = 0.0
@@ -574,6 +578,15 @@ class Exchange:
         assert backend is not None
         backend.active -= 1
         backend.record_status(self.status)
+        if self.fe.log_requests:
+            log.debug(
+                "%s %s %s -> %s %d",
+                self.client.client_ip.decode(),
+                self.method.decode(),
+                self.target.decode(errors="replace"),
+                backend.label,
+                self.status,
+            )
         conn = self.conn
         self.conn = None
         if conn is not None:
