@@ -45,6 +45,9 @@ PHP_PROBLEM = re.compile(
     r"(PHP )?(Warning|Notice|Deprecated|Fatal error|Parse error|Strict Standards):|session-service:"
 )
 
+#: A line of the service's or balancer's log that a healthy run never writes.
+PY_PROBLEM = re.compile(r"Traceback \(most recent call last\)|\b(ERROR|CRITICAL)\b")
+
 Progress = Callable[[str], None]
 
 
@@ -152,7 +155,6 @@ class Node:
     port: int
     proc: Proc
     error_log: Path
-    seen: int = 0  # bytes of error_log already judged
 
     @property
     def url(self) -> str:
@@ -193,6 +195,7 @@ class Stack:
         self.stats_port = free_port(config.stats_port, taken)
         taken.add(self.stats_port)
         self.nodes: list[Node] = []
+        self._seen: dict[Path, int] = {}  # bytes of each log already judged
         for i in range(1, config.nodes + 1):
             port = free_port(0, taken)
             taken.add(port)
@@ -311,22 +314,25 @@ class Stack:
                 "(sudo apt-get install -y php-cli php-curl php-msgpack)"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
+        for proc in self.processes():  # logs are appended to: judge this run's lines only
+            self._seen[proc.log] = proc.log.stat().st_size if proc.log.exists() else 0
         if self.db_url.startswith("sqlite:///"):
             Path(self.db_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
+            # everything starts at once (the nodes need the service only when a request
+            # comes, the balancer's health checks wait for the nodes), then each is awaited
             self.progress(f"session service on {self.service_url} ({self.db_label})")
             self.service.start()
-            self._wait_http(self.service, self.service_url + "/readyz")
             for node in self.nodes:
                 node.error_log.write_bytes(b"")
-                node.seen = 0
                 self.progress(f"PHP web node {node.name} on {node.url}")
                 node.proc.start()
-            for node in self.nodes:
-                self._wait_http(node.proc, node.url + "/health.php")
             self.progress(f"balancer on {self.url} (stats {self.stats_url})")
             self.balancer.start()
+            for node in self.nodes:
+                self._wait_http(node.proc, node.url + "/health.php")
             self._wait_http(self.balancer, self.stats_url + "stats")
+            self._wait_http(self.service, self.service_url + "/readyz")
             self.wait_backends({n.name: "UP" for n in self.nodes})
         except BaseException:
             self.stop()
@@ -397,15 +403,30 @@ class Stack:
     # ------------------------------------------------------------------ node logs
 
     def php_problems(self) -> dict[str, list[str]]:
-        """New PHP warnings, notices, errors or handler lines in each node's error log."""
+        """New lines since the last call that a healthy stack never writes: PHP warnings,
+        notices, errors or handler lines in a node's error log or output (startup errors go
+        there), and Python tracebacks or errors in the service's and balancer's logs."""
         found: dict[str, list[str]] = {}
+        sources: list[tuple[str, Path, re.Pattern[str]]] = []
         for node in self.nodes:
+            sources += [
+                (node.name, node.error_log, PHP_PROBLEM),
+                (node.name, node.proc.log, PHP_PROBLEM),
+            ]
+        sources += [
+            ("service", self.service.log, PY_PROBLEM),
+            ("balancer", self.balancer.log, PY_PROBLEM),
+        ]
+        for name, path, pattern in sources:
             try:
-                raw = node.error_log.read_bytes()
+                with path.open("rb") as f:
+                    f.seek(self._seen.get(path, 0))
+                    raw = f.read()
             except FileNotFoundError:
                 continue
-            text, node.seen = raw[node.seen :].decode("utf-8", "replace"), len(raw)
-            lines = [line for line in text.splitlines() if PHP_PROBLEM.search(line)]
+            self._seen[path] = self._seen.get(path, 0) + len(raw)
+            text = raw.decode("utf-8", "replace")
+            lines = [line for line in text.splitlines() if pattern.search(line)]
             if lines:
-                found[node.name] = lines
+                found.setdefault(name, []).extend(lines)
         return found
