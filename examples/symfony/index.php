@@ -51,7 +51,7 @@ if ($request->isMethod('POST')) {
             .'<p><a href="/shop/index.php">back to the shop</a></p><h1>Symfony HttpFoundation session</h1>'
             .'<ul>'.$list.'</ul><p>Clicks: <strong id="clicks">'.$clicks.'</strong></p>'
             .'<form method="post"><button id="click">click</button></form>'
-            .'<footer>served by <strong id="node">'.$e($node).'</strong> · session <code id="sid">'.$e(substr($session->getId(), 0, 8)).'…</code></footer></body></html>');
+            .'<footer style="margin-top:2rem;color:#555">served by <strong id="node">'.$e($node).'</strong> · session <code id="sid">'.$e(substr($session->getId(), 0, 8)).'…</code></footer></body></html>');
     }
 }
 $session->save();
