@@ -9,19 +9,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from session_service.settings import Settings, parse_tokens
+from session_service.settings import Settings, env_name, parse_tokens
 
 _SHORT = {"db_url": ["--db"], "db_replica_urls": ["--db-replica"]}
-
-
-def _env_name(name: str) -> str:
-    return "SESSION_DB_URL" if name == "db_url" else f"SESSION_SERVICE_{name.upper()}"
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -29,7 +27,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -
         field = Settings.model_fields[name]
         flags = [*_SHORT.get(name, []), "--" + name.replace("_", "-")]
         default = field.get_default(call_default_factory=True)
-        help_text = f"{field.description} [env {_env_name(name)}; default {default!r}]"
+        help_text = f"{field.description} [env {env_name(name)}; default {default!r}]"
         if field.annotation == list[str]:  # repeatable flag; None keeps the environment
             parser.add_argument(*flags, dest=name, action="append", default=None, help=help_text)
         elif field.annotation is bool:
@@ -50,6 +48,7 @@ _DB_FLAGS = [
     "db_pool_size",
     "db_max_overflow",
     "db_pre_ping",
+    "db_pre_ping_idle",
     "db_connect_timeout",
     "db_retry_seconds",
     "log_level",
@@ -133,13 +132,28 @@ def _maintenance(command: str, settings: Settings) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    import uvicorn
-
     # Workers are separate processes: they read the same settings from the environment.
     for name, value in settings.model_dump().items():
         if isinstance(value, list):
             value = ",".join(value)
-        os.environ[_env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+        os.environ[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+    metrics_dir = None
+    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each worker writes its metrics to files here and /metrics adds them all up,
+        # whichever worker answers the scrape.
+        metrics_dir = tempfile.mkdtemp(prefix="session-service-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _run_uvicorn(settings)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _run_uvicorn(settings: Settings) -> None:
+    import uvicorn
+
     uvicorn.run(
         "session_service.api.app:app_from_environment",
         factory=True,
@@ -152,7 +166,6 @@ def _serve(settings: Settings) -> int:
         http="auto",
         timeout_graceful_shutdown=10,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from session_service.settings import Settings, split_urls
@@ -37,7 +39,8 @@ def create_store_engine(settings: Settings) -> Engine:
         isolation_level="AUTOCOMMIT",
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_pre_ping=settings.db_pre_ping,
+        # pre-ping only after idle time (ping_after_idle below), not on every checkout
+        pool_pre_ping=settings.db_pre_ping and settings.db_pre_ping_idle == 0,
         pool_recycle=3600,
         pool_timeout=10,
         # autocommit connections carry no transaction to roll back on return
@@ -55,6 +58,8 @@ def create_store_engine(settings: Settings) -> Engine:
         cur.execute("SET SESSION innodb_lock_wait_timeout = 5")
         cur.close()
 
+    if settings.db_pre_ping and settings.db_pre_ping_idle > 0:
+        ping_after_idle(engine, settings.db_pre_ping_idle)
     if len(urls) > 1:
         _connect_in_turn(engine, [make_url(u) for u in urls])
     return engine
@@ -102,6 +107,30 @@ def _connect_in_turn(engine: Engine, nodes: list[Any]) -> None:
             return conn
         assert last_error is not None
         raise last_error
+
+
+def ping_after_idle(engine: Engine, idle_seconds: float) -> None:
+    """pool_pre_ping, but only for connections idle longer than `idle_seconds`.
+
+    A connection used a moment ago is alive; one that sat in the pool may have been
+    closed by a server restart or wait_timeout. Pinging only those spares a round trip
+    per operation under load, and the store's retry covers the rare connection that
+    dies in between (docs/design.md, Failures).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _stamp(_dbapi_conn: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get("returned_at")
+        if returned is None or time.monotonic() - returned < idle_seconds:
+            return
+        try:
+            dbapi_conn.ping(False)
+        except Exception as error:  # the pool discards it and connects anew
+            raise sa_exc.DisconnectionError(f"stale pooled connection: {error}") from error
 
 
 def _sqlite_engine(settings: Settings) -> Engine:

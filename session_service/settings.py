@@ -87,7 +87,14 @@ class Settings(BaseSettings):
         default=5, ge=0, description="extra connections for gc and health checks"
     )
     db_pre_ping: bool = Field(
-        default=True, description="ping a pooled connection before use (one round trip)"
+        default=True,
+        description="ping a pooled connection before use when it was idle (see next)",
+    )
+    db_pre_ping_idle: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="idle seconds after which a pooled connection is pinged before use "
+        "(0: before every use)",
     )
     db_connect_timeout: float = Field(default=3.0, gt=0, description="database connect timeout")
     db_retry_seconds: float = Field(
@@ -165,3 +172,19 @@ def parse_tokens(spec: str) -> dict[str, str]:
             raise ValueError("one secret is given for two namespaces")
         tokens[secret] = namespace
     return tokens
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field (SESSION_DB_URL for the database)."""
+    return "SESSION_DB_URL" if field == "db_url" else f"SESSION_SERVICE_{field.upper()}"
+
+
+def markdown_table() -> str:
+    """The configuration table of the README, generated so that it cannot drift."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        flag = "--db" if name == "db_url" else "--" + name.replace("_", "-")
+        value = field.get_default(call_default_factory=True)
+        default = "(none)" if value in ("", None, []) else f"`{value}`"
+        rows.append(f"| `{flag}` | `{env_name(name)}` | {default} | {field.description} |")
+    return "\n".join(rows)
