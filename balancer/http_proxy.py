@@ -55,6 +55,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.deadline = INF
         self.closed = False
+        self.client_eof = False
 
     # -- connection events -------------------------------------------------------------
 
@@ -104,6 +105,7 @@ class ClientConnection(asyncio.Protocol):
         if self.error is not None:
             fe.bad_requests += 1
             self._pause("error")
+            self.in_head = False
             current = self.current
             if current is not None and not current.request_done:
                 # The request being forwarded turned out malformed (a bad chunk, say):
@@ -111,11 +113,21 @@ class ClientConnection(asyncio.Protocol):
                 current.client_lost()
                 self.current = None
                 self.queue.clear()
+            elif current is not None and current.outq:
+                current.flush_out()  # a complete request before the bad one still goes
             self._event(ERROR, self.error)
             return
         current = self.current
         if current is not None and current.outq:
             current.flush_out()
+
+    def eof_received(self) -> bool:
+        """A client may half-close after its request: answer it, then close."""
+        current = self.current
+        if current is not None and current.request_done and not self.closed:
+            self.client_eof = True
+            return True
+        return False
 
     def pause_writing(self) -> None:
         """The client reads slower than the backend sends: stop reading the backend."""
@@ -223,11 +235,14 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         if self.closed:
             return
-        if not keep_alive or self.fe.draining:
+        if not keep_alive or self.fe.draining or self.client_eof:
             self.close()
             return
         if not self.in_head:
             self.deadline = self.fe.now + self.fe.settings.timeouts.idle
+        if self.paused:  # back-pressure from the finished exchange no longer applies
+            self._resume("backend")
+            self._resume("connect")
         if self.replaying:
             return
         self.replaying = True

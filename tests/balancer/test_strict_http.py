@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Iterator
@@ -168,3 +169,41 @@ def test_connections_over_max_conn_are_refused_with_503(
     finally:
         for sock in held:
             sock.close()
+
+
+def test_mutated_requests_never_crash_the_balancer(
+    shared: tuple[BackendProcess, Balancer],
+) -> None:
+    """Fixed-seed mutations of valid requests: each gets an answer or a close, never a hang."""
+    _, balancer = shared
+    rng = random.Random(1234)
+    seeds = [
+        b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+    ]
+    alphabet = b"\r\n :;,\t\x00\x7fGET/0123456789abcdefABCDEF-"
+    for _ in range(150):  # bounded
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            position = rng.randrange(len(data))
+            action = rng.randrange(3)
+            if action == 0:
+                data[position] = rng.choice(alphabet)
+            elif action == 1:
+                data.insert(position, rng.choice(alphabet))
+            else:
+                del data[position]
+        with socket.create_connection(("127.0.0.1", balancer.port), 15) as sock:
+            sock.sendall(bytes(data) + b"\r\n\r\n")
+            sock.shutdown(socket.SHUT_WR)  # half-close: answered if complete, else closed
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 "), answer[:100]
+    assert balancer.proc.poll() is None
+    conn = socket.create_connection(("127.0.0.1", balancer.port), 10)
+    conn.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert conn.recv(4096).startswith(b"HTTP/1.1 200 OK")
+    conn.close()
