@@ -323,7 +323,6 @@ class Exchange:
     __slots__ = (
         "attempts",
         "backend",
-        "backend_idle",
         "chunked_in",
         "client",
         "client_http11",
@@ -389,7 +388,6 @@ class Exchange:
         self.status = 0
         self.started_at = 0.0
         self.done = False
-        self.backend_idle = False
 
     # -- request side ----------------------------------------------------------------------
 
@@ -476,6 +474,8 @@ class Exchange:
     def flush_out(self) -> None:
         """Write what the client sent since the last flush, in one write call."""
         outq = self.outq
+        if not outq:
+            return
         data = outq[0] if len(outq) == 1 else b"".join(outq)
         self.outq = []
         conn = self.conn
