@@ -22,6 +22,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 SET_BY_PROXY = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_PLAIN_CONNECTION = frozenset({b"close", b"keep-alive", b"Keep-Alive", b"Close"})
+_NOTHING: frozenset[bytes] = frozenset()
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 
 
@@ -36,6 +38,8 @@ class BadRequest(Exception):
 
 def extra_hop_by_hop(value: bytes) -> frozenset[bytes]:
     """Header names listed in a Connection value, beyond the standard hop-by-hop ones."""
+    if value in _PLAIN_CONNECTION:
+        return _NOTHING
     return frozenset(t.strip().lower() for t in value.split(b",")) - HOP_BY_HOP
 
 
