@@ -90,16 +90,16 @@ def render_metrics(snap: Snapshot) -> bytes:
 
     metric("balancer_connections", "gauge", "Open client connections.")
     lines.append(f"balancer_connections {snap['connections']}")
-    for key, text in (
-        ("total_connections", "Client connections accepted."),
-        ("rejected_connections", "Client connections refused at max_connections."),
-        ("requests", "Requests (HTTP) or connections (TCP) received."),
-        ("bad_requests", "Requests refused by the parser or limits."),
-        ("no_backend", "Requests answered 502/503 because no backend could take them."),
-        ("timeouts", "Client or backend timeouts."),
+    for key, name, text in (
+        ("total_connections", "connections_accepted", "Client connections accepted."),
+        ("rejected_connections", "connections_rejected", "Refused at max_connections."),
+        ("requests", "requests", "Requests (HTTP) or connections (TCP) received."),
+        ("bad_requests", "bad_requests", "Requests refused by the parser or limits."),
+        ("no_backend", "no_backend", "Answered 502/503: no backend could take them."),
+        ("timeouts", "timeouts", "Client or backend timeouts."),
     ):
-        metric(f"balancer_{key}_total", "counter", text)
-        lines.append(f"balancer_{key}_total {snap[key]}")
+        metric(f"balancer_{name}_total", "counter", text)
+        lines.append(f"balancer_{name}_total {snap[key]}")
     metric("balancer_backend_up", "gauge", "1 when the backend is in the rotation.")
     for b in snap["backends"]:
         lines.append(f"balancer_backend_up{_labels(b)} {1 if b['state'] == 'UP' else 0}")
