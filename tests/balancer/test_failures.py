@@ -247,3 +247,17 @@ def test_a_client_that_stops_reading_is_cut_off(
     finally:
         sock.close()
     assert get(balancer.port) == "b1"
+
+
+def test_tcp_mode_skips_a_dead_backend_and_streams(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends, "--tcp", "--check-interval", "60")
+    backends[0].kill()
+    names = [get(balancer.port) for _ in range(6)]  # one connection each
+    assert set(names) == {"b2", "b3"}
+    assert balancer.backend_states()["b1"] == "DOWN"
+    conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+    conn.request("GET", "/download?n=5000000&chunked=1")
+    assert len(conn.getresponse().read()) == 5_000_000
+    conn.close()
