@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from pathlib import Path
 import pymysql
 
 from tests.mariadb_instance import MariaDBInstance
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 
 DATABASE = "sessions_test"
 GALERA_PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")
@@ -33,8 +35,22 @@ def query(
         return list(cur.fetchall())
 
 
+def install(server: MariaDBInstance) -> MariaDBInstance:
+    """mariadb-install-db, once more after a failure (seen once on a loaded machine),
+    and with its own error output in the exception."""
+    for attempt in range(2):
+        try:
+            return server.install()
+        except subprocess.CalledProcessError as error:
+            shutil.rmtree(server.datadir, ignore_errors=True)
+            if attempt:
+                stderr = (error.stderr or b"").decode(errors="replace")[-2000:]
+                raise RuntimeError(f"mariadb-install-db failed: {stderr}") from error
+    raise AssertionError("unreachable")
+
+
 def _install_and_start(server: MariaDBInstance) -> MariaDBInstance:
-    return server.install().start()
+    return install(server).start()
 
 
 @dataclass
@@ -46,8 +62,10 @@ class Replication:
     replica: MariaDBInstance = field(init=False)
 
     def __post_init__(self) -> None:
+        ports = distinct_free_ports(2)
         self.primary = MariaDBInstance(
             self.base / "primary",
+            port=ports[0],
             server_id=1,
             extra_args=[
                 f"--log-bin={self.base / 'primary' / 'binlog'}",
@@ -57,6 +75,7 @@ class Replication:
         )
         self.replica = MariaDBInstance(
             self.base / "replica",
+            port=ports[1],
             server_id=2,
             extra_args=[
                 f"--relay-log={self.base / 'replica' / 'relay'}",
@@ -121,6 +140,21 @@ class Replication:
         self.primary.destroy()
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """Ports free right now and distinct from each other: all sockets are held open
+    together, because the kernel may hand out a port again once it is released."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 @dataclass
 class GaleraCluster:
     """Three Galera nodes on loopback: node 1 bootstraps, nodes 2 and 3 join by rsync SST."""
@@ -133,7 +167,8 @@ class GaleraCluster:
     def __post_init__(self) -> None:
         if not GALERA_PROVIDER.exists() or shutil.which("rsync") is None:
             raise RuntimeError(f"Galera needs galera-4 and rsync: run `{GALERA_INSTALL}`")
-        self.gcomm_ports = [free_port() for _ in range(self.size)]
+        ports = distinct_free_ports(4 * self.size)
+        self.gcomm_ports = ports[: self.size]
         cluster = ",".join(f"127.0.0.1:{p}" for p in self.gcomm_ports)
         for index in range(self.size):
             gcomm = self.gcomm_ports[index]
@@ -143,7 +178,7 @@ class GaleraCluster:
             provider = ";".join(
                 [
                     f"gmcast.listen_addr=tcp://127.0.0.1:{gcomm}",
-                    f"ist.recv_addr=127.0.0.1:{free_port()}",
+                    f"ist.recv_addr=127.0.0.1:{ports[self.size + index]}",
                     "evs.keepalive_period=PT0.5S",
                     "evs.suspect_timeout=PT2S",
                     "evs.inactive_timeout=PT4S",
@@ -156,6 +191,7 @@ class GaleraCluster:
             self.nodes.append(
                 MariaDBInstance(
                     self.base / f"node{index + 1}",
+                    port=ports[3 * self.size + index],
                     server_id=index + 1,
                     extra_args=[
                         "--wsrep-on=ON",
@@ -166,7 +202,7 @@ class GaleraCluster:
                         f"--wsrep-node-address=127.0.0.1:{gcomm}",
                         f"--wsrep-provider-options={provider}",
                         "--wsrep-sst-method=rsync",
-                        f"--wsrep-sst-receive-address=127.0.0.1:{free_port()}",
+                        f"--wsrep-sst-receive-address=127.0.0.1:{ports[2 * self.size + index]}",
                         "--binlog-format=ROW",
                         "--innodb-autoinc-lock-mode=2",
                         "--wsrep-slave-threads=2",
@@ -184,7 +220,7 @@ class GaleraCluster:
         state transfer at all: seconds instead of an rsync SST of about six seconds each.
         """
         first, *others = self.nodes
-        first.install()
+        install(first)
         first.extra_args.append("--wsrep-new-cluster")
         first.start()
         query(first, f"CREATE DATABASE {DATABASE} CHARACTER SET utf8mb4")
