@@ -16,9 +16,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pymysql
 import pytest
+from sqlalchemy import event
 
 from session_service import metrics
 from session_service.errors import VersionConflict
@@ -209,3 +212,28 @@ def test_lock_increment_write_cycles_end_exact_when_a_node_is_killed(
                 assert response.status_code == 200, response.text
                 assert base64.b64decode(response.json()["data"]) == str(count).encode()
     print(f"{total[0]} cycles, slowest operation {slowest[0]:.2f} s")
+
+
+def test_a_lock_whose_lost_first_attempt_landed_is_taken_not_waited_for(mariadb_url: str) -> None:
+    """A node dies after committing the lease but before answering: the retry must see its
+    own token in the row and return the lock, not wait for its own lease to run out."""
+    store = SessionStore(Settings(db_url=mariadb_url, db_pre_ping=False))
+    sid = session_id()
+    store.write("galera", sid, b"data", 600)
+    fired: list[str] = []
+
+    def lose(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE") and not fired:
+            fired.append(statement)
+            raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+
+    event.listen(store.engine, "after_cursor_execute", lose)
+    try:
+        started = time.monotonic()
+        record = store.lock("galera", sid, wait_ms=2000, lease_ms=60_000)
+    finally:
+        event.remove(store.engine, "after_cursor_execute", lose)
+        store.close()
+    assert fired, "the fault was injected"
+    assert time.monotonic() - started < 1.5, "waited for its own lease"
+    assert (record.data, record.version, record.new) == (b"data", 1, False)

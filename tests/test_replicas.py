@@ -17,6 +17,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from session_service.cli import build_parser, load_settings
+from session_service.replicas import format_gtids, merge_gtids, parse_gtids
+from session_service.settings import Settings, split_urls
 from tests.replication_support import Replication, query
 from tests.support import ServiceProcess, session_id, wait_until
 
@@ -273,3 +276,26 @@ def test_primary_down_writes_fail_fast_with_a_reason_and_the_service_recovers(
         assert get_data(client, sid) == b"three"
         locked_increment(client, session_id())
     assert wait_until(lambda: metric(service, "session_replica_healthy") == 1, 15)
+
+
+def test_replica_settings_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    one, two = "mysql+pymysql://ro@db2/s", "mysql+pymysql://ro@db3/s?charset=utf8mb4,x"
+    args = build_parser().parse_args(["serve", "--db-replica", one, "--db-replica", two])
+    assert load_settings(args).db_replica_urls == [one, two]
+    monkeypatch.setenv("SESSION_SERVICE_DB_REPLICA_URLS", f"{one},{two}")
+    assert Settings().db_replica_urls == [one, two]  # a comma inside a query string stays
+    assert load_settings(build_parser().parse_args(["serve"])).db_replica_urls == [one, two]
+    with pytest.raises(ValueError):
+        Settings(db_replica_urls=["sqlite:///x.db"])
+    nodes = "mysql+pymysql://u@n1/s,mysql+pymysql://u@n2/s, mysql+pymysql://u@n3/s"
+    assert split_urls(Settings(db_url=nodes).db_url) == [
+        "mysql+pymysql://u@n1/s", "mysql+pymysql://u@n2/s", "mysql+pymysql://u@n3/s"
+    ]  # fmt: skip
+
+
+def test_gtid_positions_merge_per_domain() -> None:
+    position = parse_gtids("0-1-42,1-3-7")
+    assert merge_gtids(position, parse_gtids("0-2-41,1-3-9,2-1-1"))
+    assert format_gtids(position) == "0-1-42,1-3-9,2-1-1"
+    assert not merge_gtids(position, parse_gtids("0-1-40"))
+    assert parse_gtids("") == {} and parse_gtids(None) == {}
