@@ -230,6 +230,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
 
             return true;
         }
+
         return $this->put($id, $data);
     }
 

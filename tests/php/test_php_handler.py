@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import (
+    REPO,
     Browser,
     PhpNode,
     ServiceProcess,
@@ -317,14 +319,23 @@ def test_service_down_empty_policy(
 
 
 def test_second_url_serves_when_first_is_down(
-    start_node: NodeFactory, service: ServiceProcess
+    start_node: NodeFactory, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
-    node = start_node([dead, service.url], connect_timeout_ms="300")
+    first, second = start_service(), start_service()
+    node = start_node([first.url, second.url], fresh=True, connect_timeout_ms="300")
     b = Browser()
-    for i in range(1, 4):
+    assert b.get(node, "incr")["n"] == 1
+    first.stop()
+    for i in range(2, 5):
         assert b.get(node, "incr")["n"] == i
-    node.expect(rf"session-service: {dead} unreachable \(curl error 7.*\), trying {service.url}")
+    hits = node.expect(
+        rf"session-service: {first.url} unreachable \(curl error 7.*\), trying {second.url}"
+    )
+    assert len(hits) == 3, "one line per request that found the first service down"
+    dead = f"http://127.0.0.1:{free_port()}"  # never started at all
+    node2 = start_node([dead, second.url], fresh=True, connect_timeout_ms="300")
+    assert b.get(node2, "incr")["n"] == 5
+    node2.expect(rf"session-service: {dead} unreachable")
 
 
 def test_symfony_native_session_storage(
@@ -413,3 +424,29 @@ def test_wrong_token_fails_clearly(start_node: NodeFactory, service: ServiceProc
         LOG + r"lock failed: \S+ answered HTTP 401 unauthorized.*check SESSION_SERVICE_TOKEN"
     )
     node.expect(READ_FAILED)
+
+
+def test_invalid_options_are_configuration_errors() -> None:
+    """Bad option values throw at registration, with the option named."""
+    script = (
+        "require 'php_handler/autoload.php';"
+        "foreach ([['lock' => 'sometimes'], ['lock_wait_ms' => '-1'], ['url' => 'ftp://x'],"
+        " ['colour' => 'red'], ['on_unavailable' => 'ignore']] as $o) {"
+        ' try { new SessionService\\Handler($o); echo "accepted\\n"; }'
+        ' catch (InvalidArgumentException $e) { echo $e->getMessage(), "\\n"; } }'
+        "putenv('SESSION_SERVICE_LOCK=none'); putenv('SESSION_SERVICE_URL=http://a:1, http://b:2');"
+        "$h = new SessionService\\Handler();"
+        "var_dump($h instanceof SessionUpdateTimestampHandlerInterface);"
+    )
+    out = subprocess.run(
+        ["php", "-d", "error_reporting=-1", "-d", "display_errors=stderr", "-r", script],
+        capture_output=True, text=True, cwd=REPO, check=True,
+    )  # fmt: skip
+    assert out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert 'option "lock" must be one of exclusive, none, got "sometimes"' in lines[0]
+    assert 'option "lock_wait_ms" must be an integer >= 0' in lines[1]
+    assert 'url "ftp://x" must start with http://' in lines[2]
+    assert 'unknown option "colour"' in lines[3]
+    assert 'option "on_unavailable" must be one of fail, empty' in lines[4]
+    assert lines[5] == "bool(true)"
