@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     db_retry_seconds: float = Field(
         default=3.0, ge=0, description="how long transient database errors are retried"
     )
+    db_fail_fast_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="after the database was unreachable for a whole retry window, fail "
+        "at once (503) for this long instead of retrying again (0: never)",
+    )
     auto_migrate: bool = Field(
         default=True, description="create or upgrade the schema when the service starts"
     )

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Params = dict[str, Any]
 
+#: Transient errors of one row, not of the server: they never make the store fail fast.
+_ROW_CONTENTION = {"mysql_1205", "mysql_1213", "sqlite_busy"}
 _LOCK_LOST = "the lock is no longer held (lease expired and taken, or session destroyed)"
 
 
@@ -111,6 +113,8 @@ class SessionStore:
         self.engine = engine or create_store_engine(self.settings)
         self.sql = statements.build(self.engine.dialect.name)
         self._clock = clock
+        self._down_until = 0.0  # monotonic; fail fast before it (db_fail_fast_seconds)
+        self._down_reason = ""
         self.replicas: ReplicaSet | None = None
         if self.settings.db_replica_urls:
             self.replicas = ReplicaSet(self.settings, self.engine)
@@ -141,7 +145,11 @@ class SessionStore:
         After an ambiguous failure (the connection died mid-statement), `applied`
         is asked first whether the earlier attempt already took effect. With replicas,
         an operation that `writes` notes its GTID so that later replica reads wait for it.
+        Once the database was unreachable for a whole window, further operations fail at
+        once for db_fail_fast_seconds instead of each waiting out the window again.
         """
+        if self._down_until and time.monotonic() < self._down_until:
+            raise StoreUnavailable(self._down_reason)
         deadline = time.monotonic() + self.settings.db_retry_seconds
         attempt = 0
         ambiguous = False
@@ -155,6 +163,7 @@ class SessionStore:
                     result = operation(conn)
                     if writes and self.replicas is not None:
                         self.replicas.note_write(conn)
+                    self._down_until = 0.0
                     return result
             except sa_exc.DBAPIError as error:
                 transient = classify(error)
@@ -167,9 +176,11 @@ class SessionStore:
                 ambiguous = ambiguous or transient.ambiguous
                 pause = backoff_seconds(attempt)
                 if time.monotonic() + pause > deadline:
-                    raise StoreUnavailable(
-                        f"database unavailable after {attempt + 1} attempts: {error.orig}"
-                    ) from error
+                    reason = f"database unavailable after {attempt + 1} attempts: {error.orig}"
+                    if transient.kind not in _ROW_CONTENTION:  # the server, not one hot row
+                        self._down_reason = f"{reason} (failing fast until it answers)"
+                        self._down_until = time.monotonic() + self.settings.db_fail_fast_seconds
+                    raise StoreUnavailable(reason) from error
                 metrics.DB_RETRIES.inc()
                 log.warning("transient database error (%s), retrying", kind)
                 attempt += 1
@@ -493,6 +504,7 @@ class SessionStore:
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+            self._down_until = 0.0  # it answers: stop failing fast (/readyz probes this)
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as error:
             raise StoreUnavailable(
                 f"database unreachable: {getattr(error, 'orig', error)}"

@@ -264,6 +264,10 @@ def test_primary_down_writes_fail_fast_with_a_reason_and_the_service_recovers(
             assert response.json()["error"] == "unavailable"
             assert "database unavailable" in response.json()["detail"]
             assert elapsed < 3, f"503 after {elapsed:.1f} s with --db-retry-seconds 1"
+            started = time.monotonic()  # the next ones fail at once, not after another window
+            again = put(client, sid, b"two")
+            assert again.status_code == 503 and "failing fast" in again.json()["detail"]
+            assert time.monotonic() - started < 0.5
             ready = httpx.get(service.url + "/readyz", timeout=10)
             assert ready.status_code == 503
             assert "unreachable" in ready.json()["reason"]
