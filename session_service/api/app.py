@@ -46,7 +46,7 @@ SessionId = Annotated[
     str,
     Path(
         description="PHP session id, 22-256 characters of [A-Za-z0-9,-] (else 400)",
-        json_schema_extra={"pattern": SESSION_ID_PATTERN[1:-1]},
+        json_schema_extra={"pattern": SESSION_ID_PATTERN},
     ),
 ]
 
@@ -68,6 +68,9 @@ _WRITE_RESULT = {
     "required": ["version", "expires_at"],
     "properties": {"version": {"type": "integer"}, "expires_at": {"type": "integer"}},
 }
+_LOCK_TOKEN = {"type": "string", "pattern": "^[0-9a-fA-F]{32}$", "description": "fencing token"}
+#: null is accepted for an optional field and means "absent" (msgpack clients send nil)
+_OPTIONAL_LOCK_TOKEN = {**_LOCK_TOKEN, "type": ["string", "null"]}
 _ERROR = {
     "type": "object",
     "required": ["error", "detail"],
@@ -203,7 +206,13 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     @app.head(
         "/v1/sessions/{sid}",
         summary="Does a live session exist?",
-        responses=_responses(200, None, 404),
+        response_class=Response,
+        responses={
+            200: {"description": "a live session exists"},
+            404: {"description": "no live session with this id"},
+            400: {"description": "invalid session id"},
+            401: {"description": "missing or unknown token"},
+        },
     )
     async def session_exists(request: Request, sid: SessionId) -> Response:
         namespace = authorize(request, sid)
@@ -233,9 +242,9 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         openapi_extra=_body_doc(
             {
                 "data": _BYTES,
-                "ttl": {"type": "integer", "minimum": 1},
-                "lock": {"type": "string"},
-                "if_version": {"type": "integer", "minimum": 0},
+                "ttl": {"type": "integer", "minimum": 1, "maximum": settings.max_ttl},
+                "lock": _OPTIONAL_LOCK_TOKEN,
+                "if_version": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**62},
             },
             ["data", "ttl"],
         ),
@@ -262,7 +271,11 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         "/v1/sessions/{sid}/touch",
         summary="Extend expiry (and release the lock)",
         openapi_extra=_body_doc(
-            {"ttl": {"type": "integer", "minimum": 1}, "lock": {"type": "string"}}, ["ttl"]
+            {
+                "ttl": {"type": "integer", "minimum": 1, "maximum": settings.max_ttl},
+                "lock": _OPTIONAL_LOCK_TOKEN,
+            },
+            ["ttl"],
         ),
         responses=_responses(200, _WRITE_RESULT, 404, 409, 415),
     )
@@ -334,11 +347,43 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
             return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+    )
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
+    _document_limits(app, settings)
     return app
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Put this instance's limits into its OpenAPI document, so generated clients and
+    property-based tests know the accepted ranges without guessing."""
+    limits = {
+        "wait_ms": {"minimum": 0, "maximum": settings.max_wait_ms},
+        "lease_ms": {"minimum": 100, "maximum": settings.max_lease_ms},
+        "lock": {"pattern": _LOCK_TOKEN["pattern"]},
+    }
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                for parameter in operation.get("parameters", []):
+                    extra = limits.get(parameter.get("name", ""))
+                    if extra and parameter.get("in") == "query":
+                        target = parameter["schema"]
+                        for option in target.get("anyOf", [target]):
+                            if option.get("type") in ("integer", "string"):
+                                option.update(extra)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def metrics_registry() -> CollectorRegistry:

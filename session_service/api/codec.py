@@ -101,6 +101,8 @@ def int_field(
         if required:
             raise ApiError(422, "invalid_request", f"{name} is required")
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 1440.0 is the integer 1440
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(422, "invalid_request", f"{name} must be an integer")
     if not low <= value <= high:

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from session_service import errors
 
@@ -51,6 +52,19 @@ def from_store_error(error: errors.StoreError) -> ApiError:
     return ApiError(500, "internal", "unexpected store error")
 
 
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves on this path (one route per method here)."""
+    methods: set[str] = set()
+    for route in app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    for route in app.routes:
+        if route.matches({**request.scope, "method": "HEAD"})[0] is Match.FULL:
+            methods.add("HEAD")
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     from session_service.api.codec import encode
 
@@ -78,7 +92,10 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return render(request, ApiError(exc.status_code, code, str(exc.detail)))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(app, request))
+        return render(request, ApiError(exc.status_code, code, str(exc.detail), headers))
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.scope.get("route_name"))
