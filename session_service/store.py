@@ -32,7 +32,7 @@ from session_service.errors import (
 )
 from session_service.ids import hash_session_id
 from session_service.replicas import ReplicaSet
-from session_service.retry import backoff_seconds, classify
+from session_service.retry import RetryPolicy
 from session_service.schema import leases
 from session_service.settings import Settings
 
@@ -41,7 +41,6 @@ T = TypeVar("T")
 Params = dict[str, Any]
 
 #: Transient errors of one row, not of the server: they never make the store fail fast.
-_ROW_CONTENTION = {"mysql_1205", "mysql_1213", "sqlite_busy"}
 _LOCK_LOST = "the lock is no longer held (lease expired and taken, or session destroyed)"
 
 
@@ -113,8 +112,7 @@ class SessionStore:
         self.engine = engine or create_store_engine(self.settings)
         self.sql = statements.build(self.engine.dialect.name)
         self._clock = clock
-        self._down_until = 0.0  # monotonic; fail fast before it (db_fail_fast_seconds)
-        self._down_reason = ""
+        self.retry = RetryPolicy(self.settings.db_retry_seconds, self.settings.db_fail_fast_seconds)
         self.replicas: ReplicaSet | None = None
         if self.settings.db_replica_urls:
             self.replicas = ReplicaSet(self.settings, self.engine)
@@ -140,51 +138,27 @@ class SessionStore:
         *,
         writes: bool = True,
     ) -> T:
-        """Run `operation` on the primary, retrying transient errors within db_retry_seconds.
+        """Run `operation` on the primary, retrying transient errors (see RetryWindow).
 
         After an ambiguous failure (the connection died mid-statement), `applied`
         is asked first whether the earlier attempt already took effect. With replicas,
         an operation that `writes` notes its GTID so that later replica reads wait for it.
-        Once the database was unreachable for a whole window, further operations fail at
-        once for db_fail_fast_seconds instead of each waiting out the window again.
         """
-        if self._down_until and time.monotonic() < self._down_until:
-            raise StoreUnavailable(self._down_reason)
-        deadline = time.monotonic() + self.settings.db_retry_seconds
-        attempt = 0
-        ambiguous = False
+        window = self.retry.open()
         while True:
             try:
                 with self.engine.connect() as conn:
-                    if ambiguous and applied is not None:
+                    if window.ambiguous and applied is not None:
                         done = applied(conn)
                         if done is not None:
                             return done
                     result = operation(conn)
                     if writes and self.replicas is not None:
                         self.replicas.note_write(conn)
-                    self._down_until = 0.0
+                    self.retry.succeeded()
                     return result
             except sa_exc.DBAPIError as error:
-                transient = classify(error)
-                kind = transient.kind if transient else type(error.orig).__name__
-                metrics.DB_ERRORS.labels(kind=kind).inc()
-                if transient is None:
-                    if isinstance(error, sa_exc.OperationalError):
-                        raise StoreUnavailable(f"database error: {error.orig}") from error
-                    raise
-                ambiguous = ambiguous or transient.ambiguous
-                pause = backoff_seconds(attempt)
-                if time.monotonic() + pause > deadline:
-                    reason = f"database unavailable after {attempt + 1} attempts: {error.orig}"
-                    if transient.kind not in _ROW_CONTENTION:  # the server, not one hot row
-                        self._down_reason = f"{reason} (failing fast until it answers)"
-                        self._down_until = time.monotonic() + self.settings.db_fail_fast_seconds
-                    raise StoreUnavailable(reason) from error
-                metrics.DB_RETRIES.inc()
-                log.warning("transient database error (%s), retrying", kind)
-                attempt += 1
-                time.sleep(pause)
+                time.sleep(window.failed(error))
             except sa_exc.TimeoutError as error:
                 metrics.DB_ERRORS.labels(kind="pool_timeout").inc()
                 raise StoreUnavailable("no database connection free in time") from error
@@ -328,7 +302,7 @@ class SessionStore:
             retried = True  # a lost connection may have released it already
             return None
 
-        self._run(op, already)
+        return self._run(op, already)
 
     # -- writes ------------------------------------------------------------------
 
@@ -444,7 +418,7 @@ class SessionStore:
         def op(conn: Connection) -> None:
             conn.execute(self.sql.destroy, params)
 
-        self._run(op)
+        return self._run(op)
 
     # -- maintenance ---------------------------------------------------------------
 
@@ -504,7 +478,7 @@ class SessionStore:
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-            self._down_until = 0.0  # it answers: stop failing fast (/readyz probes this)
+            self.retry.succeeded()  # it answers: stop failing fast (/readyz probes this)
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as error:
             raise StoreUnavailable(
                 f"database unreachable: {getattr(error, 'orig', error)}"
