@@ -29,14 +29,21 @@ log = logging.getLogger("balancer")
 REPORT_EVERY = 1.0
 
 
-def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
-    """Bind a listening TCP socket, IPv4 or IPv6 depending on ``host``."""
+def bind(host: str, port: int, reuse_port: bool, defer_accept: bool = False) -> socket.socket:
+    """Bind a listening TCP socket, IPv4 or IPv6 depending on ``host``.
+
+    With ``defer_accept`` (HTTP mode: the client speaks first) the kernel hands over a
+    connection only once its first bytes are there, which saves a loop wake-up per
+    connection.
+    """
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if defer_accept and hasattr(socket, "TCP_DEFER_ACCEPT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
     try:
         sock.bind(address)
         sock.listen(1024)
@@ -307,7 +314,7 @@ def run(settings: Settings) -> int:
     stats_sock = None
     sock = None
     if settings.workers == 1:
-        sock = bind(settings.listen_host, settings.listen_port, False)
+        sock = bind(settings.listen_host, settings.listen_port, False, not settings.tcp)
     else:
         # Fail early when the port is taken: a probe with SO_REUSEPORT, closed again.
         bind(settings.listen_host, settings.listen_port, True).close()
