@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         description="idle seconds after which a pooled connection is pinged before use "
         "(0: before every use)",
     )
+    db_async: bool = Field(
+        default=True,
+        description="serve a single MySQL/MariaDB primary from the event loop (asyncmy) "
+        "instead of worker threads",
+    )
     db_connect_timeout: float = Field(default=3.0, gt=0, description="database connect timeout")
     db_retry_seconds: float = Field(
         default=3.0, ge=0, description="how long transient database errors are retried"

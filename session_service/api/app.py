@@ -34,6 +34,7 @@ from session_service.api.codec import decode, encode, int_field, str_field
 from session_service.api.lockwait import LockWaiter
 from session_service.api.observability import MetricsMiddleware
 from session_service.api.problems import ApiError
+from session_service.async_store import AsyncSessionStore
 from session_service.errors import StoreUnavailable
 from session_service.ids import SESSION_ID_PATTERN, is_valid_session_id
 from session_service.schema import migrate
@@ -122,7 +123,8 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     settings = settings or Settings()
     auth = TokenAuth(parse_tokens(settings.tokens), disabled=settings.insecure_no_auth)
     store = store or SessionStore(settings)
-    waiter = LockWaiter(store)
+    sessions = AsyncSessionStore(store)
+    waiter = LockWaiter(sessions)
     body_limit = settings.max_data_bytes * 4 // 3 + 4096  # base64 plus the other fields
 
     @contextlib.asynccontextmanager
@@ -146,6 +148,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         finally:
             if gc_task is not None:
                 gc_task.cancel()
+            await sessions.close()
             store.close()
 
     app = FastAPI(
@@ -198,7 +201,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     )
     async def read_session(request: Request, sid: SessionId) -> Response:
         namespace = authorize(request, sid)
-        record = await run_in_threadpool(store.read, namespace, sid)
+        record = await sessions.read(namespace, sid)
         if record is None:
             raise ApiError(404, "not_found", "no live session with this id")
         return encode(request, _record_payload(record))
@@ -216,7 +219,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     )
     async def session_exists(request: Request, sid: SessionId) -> Response:
         namespace = authorize(request, sid)
-        found = await run_in_threadpool(store.exists, namespace, sid)
+        found = await sessions.exists(namespace, sid)
         return Response(status_code=200 if found else 404)
 
     @app.post(
@@ -260,9 +263,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         assert ttl is not None
         lock = str_field(body, "lock")
         if_version = int_field(body, "if_version", 0, 2**62, required=False)
-        result = await run_in_threadpool(
-            lambda: store.write(namespace, sid, data, ttl, lock=lock, if_version=if_version)
-        )
+        result = await sessions.write(namespace, sid, data, ttl, lock=lock, if_version=if_version)
         if lock is not None:
             waiter.notify(namespace, sid)
         return encode(request, {"version": result.version, "expires_at": result.expires_at})
@@ -286,7 +287,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         assert ttl is not None
         lock = str_field(body, "lock")
         try:
-            result = await run_in_threadpool(lambda: store.touch(namespace, sid, ttl, lock=lock))
+            result = await sessions.touch(namespace, sid, ttl, lock=lock)
         finally:
             if lock is not None:
                 waiter.notify(namespace, sid)
@@ -304,7 +305,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         lock: Annotated[str, Query(description="the fencing token from lock")],
     ) -> Response:
         namespace = authorize(request, sid)
-        await run_in_threadpool(store.release, namespace, sid, lock)
+        await sessions.release(namespace, sid, lock)
         waiter.notify(namespace, sid)
         return Response(status_code=204)
 
@@ -316,7 +317,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     )
     async def destroy_session(request: Request, sid: SessionId) -> Response:
         namespace = authorize(request, sid)
-        await run_in_threadpool(store.destroy, namespace, sid)
+        await sessions.destroy(namespace, sid)
         waiter.notify(namespace, sid)
         return Response(status_code=204)
 

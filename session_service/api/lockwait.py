@@ -14,11 +14,10 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-from starlette.concurrency import run_in_threadpool
-
 from session_service import metrics
+from session_service.async_store import AsyncSessionStore
 from session_service.errors import LockTimeout
-from session_service.store import SessionRecord, SessionStore
+from session_service.store import SessionRecord
 
 _FIRST_POLL = 0.002
 _MAX_POLL = 0.025
@@ -32,7 +31,7 @@ class _Gate:
 
 
 class LockWaiter:
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: AsyncSessionStore) -> None:
         self._store = store
         self._gates: dict[tuple[str, str], _Gate] = {}
 
@@ -78,7 +77,7 @@ class LockWaiter:
         pause = _FIRST_POLL
         while True:
             gate.released.clear()
-            attempt = await run_in_threadpool(self._store.try_lock, namespace, sid, lease_ms)
+            attempt = await self._store.try_lock(namespace, sid, lease_ms)
             if attempt.record is not None:
                 metrics.LOCK_WAIT.observe(time.monotonic() - started)
                 return attempt.record

@@ -1,0 +1,340 @@
+"""The service's hot path on MySQL/MariaDB: the store's own operations, run in the event loop.
+
+Running the synchronous store in a thread pool costs a thread hand-off and GIL
+contention per request, and SQLAlchemy's execution layer costs more Python time
+than the protocol itself (measured in bench/store.py). Here the very same
+operation functions of SessionStore run unchanged inside a greenlet, and each
+`conn.execute(statement, params)` they make is sent on an asyncmy connection with
+the statement's SQL compiled once by SQLAlchemy. One set of semantics, two runners.
+
+It is used for a single MySQL/MariaDB primary. With read replicas or a Galera node
+list, and on SQLite, the service runs the synchronous store in threads instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import namedtuple
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
+
+import asyncmy
+import greenlet
+from asyncmy import errors as my_errors
+from asyncmy.constants import CLIENT
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+from session_service.store import LockAttempt, SessionRecord, SessionStore, WriteResult
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Connection errors after which a connection is not given back to the pool.
+_BROKEN = {2006, 2013, 2014, 2055, 1053, 1927, 4031}
+
+
+# -- running synchronous code that awaits, through a greenlet --------------------------
+
+
+def await_in_greenlet(awaitable: Awaitable[T]) -> T:
+    """From synchronous code running under run_in_greenlet: wait for `awaitable`."""
+    current = greenlet.getcurrent()
+    if not isinstance(current, _Bridge):
+        raise RuntimeError("await_in_greenlet called outside run_in_greenlet")
+    return cast(T, current.parent.switch(awaitable))
+
+
+class _Bridge(greenlet.greenlet):  # type: ignore[misc]
+    pass
+
+
+async def run_in_greenlet(function: Callable[..., T], *args: Any) -> T:
+    """Call a synchronous `function`; each await_in_greenlet inside it is awaited here."""
+    bridge = _Bridge(function, greenlet.getcurrent())
+    request = bridge.switch(*args)
+    while not bridge.dead:
+        try:
+            value = await request
+        except BaseException as error:  # hand it to the code that awaited
+            request = bridge.throw(error)
+        else:
+            request = bridge.switch(value)
+    return cast(T, request)
+
+
+# -- a Connection look-alike over asyncmy ----------------------------------------------
+
+
+class _Compiled:
+    """One statement's SQL for the driver, compiled once, and its column names."""
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        self.compiled = statement.compile(dialect=dialect)
+        self.sql = str(self.compiled)
+        self.positional: Sequence[str] | None = self.compiled.positiontup
+
+
+class Outcome:
+    """The parts of a SQLAlchemy CursorResult that the store's operations use."""
+
+    def __init__(self, rows: list[Any], rowcount: int, lastrowid: int | None) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+        self.lastrowid = lastrowid
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> Any:
+        if len(self._rows) != 1:
+            raise sa_exc.NoResultFound("expected exactly one row")
+        return self._rows[0]
+
+    def all(self) -> list[Any]:
+        return self._rows
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+
+class GreenConnection:
+    """What the store's operations see as `conn`: execute() on an asyncmy connection."""
+
+    def __init__(self, raw: Any, runner: AsyncMySQLRunner) -> None:
+        self.raw = raw
+        self.runner = runner
+
+    def execute(self, statement: Any, params: dict[str, Any] | None = None) -> Outcome:
+        compiled = self.runner.compiled(statement)
+        values = compiled.compiled.construct_params(params or {})
+        args: Any = (
+            tuple(values[name] for name in compiled.positional)
+            if compiled.positional is not None
+            else values
+        )
+        try:
+            return await_in_greenlet(self._execute(compiled.sql, args))
+        except my_errors.Error as error:
+            code = error.args[0] if error.args and isinstance(error.args[0], int) else None
+            self.runner.mark_broken(self.raw, code)
+            raise sa_exc.DBAPIError.instance(compiled.sql, args, error, my_errors.Error) from error
+
+    async def _execute(self, sql: str, args: Any) -> Outcome:
+        async with self.raw.cursor() as cursor:
+            await cursor.execute(sql, args)
+            rows: list[Any] = []
+            if cursor.description:
+                row_type = self.runner.row_type(tuple(d[0] for d in cursor.description))
+                rows = [row_type(*row) for row in await cursor.fetchall()]
+            return Outcome(rows, cursor.rowcount, cursor.lastrowid)
+
+
+# -- the runner --------------------------------------------------------------------------
+
+
+class AsyncMySQLRunner:
+    """Runs SessionStore operations on a pool of asyncmy connections, with the store's
+    own retry policy (RetryPolicy) and ambiguity check."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self.dialect = store.engine.dialect
+        self._compiled: dict[int, _Compiled] = {}
+        self._row_types: dict[tuple[str, ...], Any] = {}
+        self._pool: Any = None
+        self._pool_lock = asyncio.Lock()
+        url = make_url(store.settings.db_url)
+        settings = store.settings
+        self._connect_args: dict[str, Any] = {
+            "host": url.host or "127.0.0.1",
+            "port": url.port or 3306,
+            "user": url.username or "root",
+            "password": url.password or "",
+            "db": url.database,
+            "autocommit": True,
+            "charset": "utf8mb4",
+            "connect_timeout": settings.db_connect_timeout,
+            # the same row-count semantics as SQLAlchemy's PyMySQL dialect: rows matched
+            "client_flag": CLIENT.FOUND_ROWS,
+            "binary_prefix": True,  # bytes go as _binary'...', never read as utf8mb4 text
+            "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        }
+        self._pool_size = settings.db_pool_size
+        self._ping_idle = settings.db_pre_ping_idle if settings.db_pre_ping else None
+
+    def compiled(self, statement: Any) -> _Compiled:
+        found = self._compiled.get(id(statement))
+        if found is None:
+            found = self._compiled[id(statement)] = _Compiled(statement, self.dialect)
+        return found
+
+    def row_type(self, names: tuple[str, ...]) -> Any:
+        found = self._row_types.get(names)
+        if found is None:
+            found = self._row_types[names] = namedtuple("Row", names, rename=True)
+        return found
+
+    def mark_broken(self, raw: Any, code: int | None) -> None:
+        if code in _BROKEN or code is None:
+            raw._session_service_broken = True
+
+    async def _acquire(self) -> Any:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncmy.create_pool(
+                        minsize=0, maxsize=self._pool_size, pool_recycle=3600, **self._connect_args
+                    )
+        raw = await self._pool.acquire()
+        if not getattr(raw, "_session_service_ready", False):
+            async with raw.cursor() as cursor:
+                await cursor.execute("SET SESSION innodb_lock_wait_timeout = 5")
+            raw._session_service_ready = True
+        idle_since = getattr(raw, "_session_service_idle_since", None)
+        if (
+            self._ping_idle is not None
+            and idle_since is not None
+            and time.monotonic() - idle_since >= self._ping_idle
+        ):
+            await raw.ping(reconnect=True)
+        return raw
+
+    async def _release(self, raw: Any) -> None:
+        if getattr(raw, "_session_service_broken", False):
+            raw.close()
+        else:
+            raw._session_service_idle_since = time.monotonic()
+        self._pool.release(raw)  # not a coroutine in asyncmy
+
+    async def run(
+        self,
+        operation: Callable[[Any], T],
+        applied: Callable[[Any], T | None] | None = None,
+        *,
+        writes: bool = True,
+    ) -> T:
+        window = self.store.retry.open()
+        while True:
+            try:
+                try:
+                    raw = await self._acquire()
+                except my_errors.Error as error:
+                    raise sa_exc.DBAPIError.instance(
+                        "CONNECT", None, error, my_errors.Error
+                    ) from error
+                try:
+                    conn = GreenConnection(raw, self)
+                    if window.ambiguous and applied is not None:
+                        done = await run_in_greenlet(applied, conn)
+                        if done is not None:
+                            return done
+                    result = await run_in_greenlet(operation, conn)
+                    self.store.retry.succeeded()
+                    return result
+                finally:
+                    await self._release(raw)
+            except sa_exc.DBAPIError as error:
+                await asyncio.sleep(window.failed(error))
+            except OSError as error:  # a socket error asyncmy did not wrap
+                await asyncio.sleep(
+                    window.failed(
+                        sa_exc.OperationalError(
+                            "CONNECT", None, my_errors.OperationalError(2013, str(error))
+                        )
+                    )
+                )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            await self._pool.wait_closed()
+
+
+# -- what the HTTP layer calls --------------------------------------------------------------
+
+
+class AsyncSessionStore:
+    """The store's operations as coroutines: on asyncmy in the event loop for a single
+    MySQL primary (AsyncMySQLRunner), else the synchronous store in worker threads."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self.runner: AsyncMySQLRunner | None = None
+        if eligible_for_asyncmy(store):
+            self.runner = AsyncMySQLRunner(store)
+            # A second SessionStore whose operations are run by the async runner: the
+            # same code builds the statements and decides, only the I/O differs.
+            self._ops = SessionStore(store.settings, engine=store.engine, clock=store._clock)
+            self._ops.retry = store.retry
+            self._ops._run = self.runner.run  # type: ignore[method-assign,assignment]
+            log.info("MySQL operations run in the event loop (asyncmy)")
+
+    @property
+    def in_event_loop(self) -> bool:
+        return self.runner is not None
+
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if self.runner is None:
+            from starlette.concurrency import run_in_threadpool
+
+            method = getattr(self.store, name)
+            return await run_in_threadpool(lambda: method(*args, **kwargs))
+        return await getattr(self._ops, name)(*args, **kwargs)
+
+    async def read(self, namespace: str, sid: str) -> SessionRecord | None:
+        return cast(SessionRecord | None, await self._call("read", namespace, sid))
+
+    async def exists(self, namespace: str, sid: str) -> bool:
+        return cast(bool, await self._call("exists", namespace, sid))
+
+    async def try_lock(self, namespace: str, sid: str, lease_ms: int) -> LockAttempt:
+        return cast(LockAttempt, await self._call("try_lock", namespace, sid, lease_ms))
+
+    async def write(
+        self,
+        namespace: str,
+        sid: str,
+        data: bytes,
+        ttl: int,
+        *,
+        lock: str | None = None,
+        if_version: int | None = None,
+    ) -> WriteResult:
+        return cast(
+            WriteResult,
+            await self._call("write", namespace, sid, data, ttl, lock=lock, if_version=if_version),
+        )
+
+    async def touch(
+        self, namespace: str, sid: str, ttl: int, *, lock: str | None = None
+    ) -> WriteResult:
+        return cast(WriteResult, await self._call("touch", namespace, sid, ttl, lock=lock))
+
+    async def release(self, namespace: str, sid: str, lock: str) -> None:
+        await self._call("release", namespace, sid, lock)
+
+    async def destroy(self, namespace: str, sid: str) -> None:
+        await self._call("destroy", namespace, sid)
+
+    def now_ms(self) -> int:
+        return self.store.now_ms()
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.close()
+
+
+def eligible_for_asyncmy(store: SessionStore) -> bool:
+    """A single MySQL/MariaDB primary, no replicas, and the async path not turned off."""
+    settings = store.settings
+    if not settings.db_async or store.replicas is not None:
+        return False
+    if store.engine.dialect.name not in ("mysql", "mariadb"):
+        return False
+    return "," not in settings.db_url
