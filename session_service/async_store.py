@@ -75,6 +75,14 @@ class _Compiled:
         self.compiled = statement.compile(dialect=dialect)
         self.sql = str(self.compiled)
         self.positional: Sequence[str] | None = self.compiled.positiontup
+        #: values of literals SQLAlchemy made into binds (e.g. the 0 in version > 0)
+        self.defaults: dict[str, Any] = dict(self.compiled.params)
+
+    def arguments(self, params: dict[str, Any]) -> Any:
+        values = {**self.defaults, **params}
+        if self.positional is None:
+            return values
+        return tuple(values[name] for name in self.positional)
 
 
 class Outcome:
@@ -112,12 +120,7 @@ class GreenConnection:
 
     def execute(self, statement: Any, params: dict[str, Any] | None = None) -> Outcome:
         compiled = self.runner.compiled(statement)
-        values = compiled.compiled.construct_params(params or {})
-        args: Any = (
-            tuple(values[name] for name in compiled.positional)
-            if compiled.positional is not None
-            else values
-        )
+        args = compiled.arguments(params or {})
         try:
             return await_in_greenlet(self._execute(compiled.sql, args))
         except my_errors.Error as error:
