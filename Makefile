@@ -10,9 +10,10 @@ PHP_PACKAGES := php-cli php-curl php-msgpack php-mysql php-symfony-http-foundati
 PYTEST_ARGS ?=
 
 E2E_PACKAGES := chromium chromium-driver
+CLUSTER_PACKAGES := mariadb-server galera-4 rsync
 ARGS ?=
 
-.PHONY: help venv system-php system-e2e mariadb test lint run demo loadtest bench-store bench-balancer bench-php clean
+.PHONY: help venv system-php system-e2e system-cluster mariadb test lint run demo loadtest bench-store bench-balancer bench-php clean
 
 help:
 	@echo "make demo        run the whole stack and show sessions surviving any node"
@@ -39,10 +40,13 @@ system-php:
 system-e2e:
 	@scripts/require-packages.sh $(E2E_PACKAGES)
 
+system-cluster:
+	@scripts/require-packages.sh $(CLUSTER_PACKAGES)
+
 mariadb: venv
 	@PYTHON=$(PY) scripts/ensure-mariadb.sh
 
-test: venv system-php system-e2e mariadb
+test: venv system-php system-e2e system-cluster mariadb
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv

@@ -194,7 +194,9 @@ def markdown_table() -> str:
     """The configuration table of the README, generated so that it cannot drift."""
     rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        flag = "--db" if name == "db_url" else "--" + name.replace("_", "-")
+        flag = {"db_url": "--db", "db_replica_urls": "--db-replica"}.get(
+            name, "--" + name.replace("_", "-")
+        )
         value = field.get_default(call_default_factory=True)
         default = "(none)" if value in ("", None, []) else f"`{value}`"
         rows.append(f"| `{flag}` | `{env_name(name)}` | {default} | {field.description} |")
