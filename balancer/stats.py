@@ -19,17 +19,25 @@ import httptools
 from balancer.pool import LATENCY_BUCKETS
 
 Snapshot = dict[str, Any]
+_COUNTERS = (
+    "connections",
+    "total_connections",
+    "rejected_connections",
+    "requests",
+    "bad_requests",
+    "no_backend",
+    "timeouts",
+)
 
 
 def merge(snapshots: list[Snapshot]) -> Snapshot:
     """Sum worker snapshots; a backend is UP, DOWN, or PARTIAL when workers disagree."""
-    if not snapshots:
-        return {"workers": 0, "backends": []}
+    if not snapshots:  # workers have not reported yet (their first second)
+        empty: Snapshot = {key: 0 for key in _COUNTERS}
+        return {**empty, "mode": "?", "workers": 0, "draining": False, "backends": []}
     total: Snapshot = dict(snapshots[0])
     total["workers"] = len(snapshots)
-    for key in ("connections", "total_connections", "rejected_connections", "requests"):
-        total[key] = sum(s[key] for s in snapshots)
-    for key in ("bad_requests", "no_backend", "timeouts"):
+    for key in _COUNTERS:
         total[key] = sum(s[key] for s in snapshots)
     backends: dict[str, Snapshot] = {}
     for snap in snapshots:
