@@ -192,6 +192,9 @@ def run_workers(settings: Settings, stats_sock: socket.socket | None) -> int:
             os.close(read_fd)
             if stats_sock is not None:
                 stats_sock.close()
+            for other in socks:  # a socket nobody polls would still get its share
+                if other is not sock:
+                    other.close()
             code = 1
             try:
                 loop = new_event_loop()
