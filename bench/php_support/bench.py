@@ -48,6 +48,9 @@ PAGES = {
     "files": "/files.php",
     "service": "/service.php",
     "pdo": "/pdo.php",
+    # for information: the service handler with SESSION_SERVICE_LOCK=none (no lock calls;
+    # loses updates under concurrency on one session, see the contention part)
+    "service-nolock": "/service.php?lock=none",
 }
 CONTENTION = {
     "files": "/files.php",
@@ -275,8 +278,8 @@ def main() -> int:
     )
     p.add_argument(
         "--handlers",
-        default="files,service,pdo",
-        help="comma-separated subset of files,service,pdo",
+        default="files,service,pdo,service-nolock",
+        help="comma-separated subset of files,service,pdo,service-nolock",
     )
     p.add_argument(
         "--contention",
@@ -304,7 +307,7 @@ def main() -> int:
         print(
             f"PHP node: php -S, {args.php_workers} workers, opcache; service: "
             f"{args.service_workers} worker(s); wrk -t{args.threads} -c{args.connections}; "
-            f"{os.cpu_count()} CPUs; logs in {bench.tmp}"
+            f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; logs in {bench.tmp}"
         )
         print(f"\nread-modify-write, {args.sessions} distinct sessions, {args.duration:g}s each:")
         for name in [h.strip() for h in args.handlers.split(",") if h.strip()]:
@@ -313,7 +316,12 @@ def main() -> int:
             )
         main_res = results["main"]
         print("\nratios (throughput):")
-        pairs = [("service", "pdo"), ("service", "files"), ("pdo", "files")]
+        pairs = [
+            ("service", "pdo"),
+            ("service", "files"),
+            ("pdo", "files"),
+            ("service-nolock", "pdo"),
+        ]
         results["ratios"] = {}
         for a, b in pairs:
             if a in main_res and b in main_res:
@@ -333,6 +341,11 @@ def main() -> int:
                         name, page, 1, args.contention, args.connections
                     )
 
+        results["loadavg_end"] = os.getloadavg()
+        print(
+            f"\nload average at the end: {os.getloadavg()[0]:.1f}"
+            " (other work on the machine skews the results)"
+        )
         problems = bench.php_log_problems()
         print(f"\nPHP error log: {len(problems)} line(s)")
         for line in problems[:10]:
