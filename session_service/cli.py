@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from session_service.settings import Settings, env_name, parse_tokens
+from session_service.settings import Settings, env_name, read_tokens
 
 _SHORT = {"db_url": ["--db"], "db_replica_urls": ["--db-replica"]}
 
@@ -89,14 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args)
-        tokens = parse_tokens(settings.tokens)
+        tokens = read_tokens(settings)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
         )
         return _fail(f"invalid setting: {problems}")
     except ValueError as error:
-        return _fail(f"invalid --tokens: {error}")
+        return _fail(f"invalid tokens: {error}")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -104,8 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not tokens and not settings.insecure_no_auth:
             return _fail(
                 "no tokens configured: set --tokens / SESSION_SERVICE_TOKENS "
-                '("namespace:secret,..."), or pass --insecure-no-auth for a private test'
+                '("namespace:secret,...") or --tokens-file, or pass --insecure-no-auth '
+                "for a private test"
             )
+        if bool(settings.tls_certfile) != bool(settings.tls_keyfile):
+            return _fail("--tls-certfile and --tls-keyfile go together")
+        for path in (settings.tls_certfile, settings.tls_keyfile):
+            if path and not os.access(path, os.R_OK):
+                return _fail(f"cannot read {path}")
         return _serve(settings)
     return _maintenance(args.command, settings)
 
@@ -165,6 +171,8 @@ def _run_uvicorn(settings: Settings) -> None:
         loop="auto",
         http="auto",
         timeout_graceful_shutdown=10,
+        ssl_certfile=settings.tls_certfile or None,
+        ssl_keyfile=settings.tls_keyfile or None,
     )
 
 

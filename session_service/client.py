@@ -6,6 +6,7 @@ against SessionStore works against the service with a different constructor.
 
 from __future__ import annotations
 
+import ssl
 from types import TracebackType
 from typing import Any
 
@@ -83,13 +84,19 @@ class SessionClient:
         token: str | None = None,
         *,
         timeout: float = 10.0,
+        verify: bool | str = True,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`verify`: True (system CAs), False, or the path of a CA bundle for HTTPS."""
         headers = {"Accept": _MSGPACK}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            verify=ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify,
         )
 
     def __enter__(self) -> SessionClient:

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         default="",
         description='bearer tokens, "namespace:secret,..."; a bare secret means namespace default',
     )
+    tokens_file: str = Field(
+        default="",
+        description="file of tokens (same format, commas or one per line), re-read when it "
+        "changes: rotate a secret without a restart",
+    )
+    tls_certfile: str = Field(default="", description="PEM certificate: serve HTTPS")
+    tls_keyfile: str = Field(default="", description="PEM private key of tls_certfile")
     insecure_no_auth: bool = Field(
         default=False, description="serve without tokens (every caller is namespace default)"
     )
@@ -154,6 +161,23 @@ _URL_START = re.compile(r",\s*(?=[a-z][a-z0-9+]*://)")
 def split_urls(value: str) -> list[str]:
     """Split "url1,url2": a comma counts only before another scheme, so query strings survive."""
     return [url.strip() for url in _URL_START.split(value) if url.strip()]
+
+
+def read_tokens(settings: Settings) -> dict[str, str]:
+    """Every configured token: --tokens plus the tokens file, if any."""
+    tokens = parse_tokens(settings.tokens)
+    if settings.tokens_file:
+        try:
+            with open(settings.tokens_file, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as error:
+            raise ValueError(f"cannot read tokens file {settings.tokens_file}: {error}") from None
+        from_file = parse_tokens(text.replace("\n", ","))
+        for secret, namespace in from_file.items():
+            if tokens.get(secret, namespace) != namespace:
+                raise ValueError("one secret is given for two namespaces")
+            tokens[secret] = namespace
+    return tokens
 
 
 def parse_tokens(spec: str) -> dict[str, str]:

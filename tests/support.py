@@ -77,11 +77,12 @@ class ServiceProcess:
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
+    tls: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, wait_ready: bool = True) -> ServiceProcess:
         args = [
@@ -101,7 +102,7 @@ class ServiceProcess:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"service exited with {self.proc.returncode}")
         try:
-            return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+            return httpx.get(self.url + "/readyz", timeout=1, verify=False).status_code == 200
         except httpx.HTTPError:
             return False
 

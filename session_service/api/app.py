@@ -38,7 +38,7 @@ from session_service.async_store import AsyncSessionStore
 from session_service.errors import StoreUnavailable
 from session_service.ids import SESSION_ID_PATTERN, is_valid_session_id
 from session_service.schema import migrate
-from session_service.settings import Settings, parse_tokens
+from session_service.settings import Settings, read_tokens
 from session_service.store import SessionRecord, SessionStore
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,12 @@ def _record_payload(record: SessionRecord) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None, store: SessionStore | None = None) -> FastAPI:
     settings = settings or Settings()
-    auth = TokenAuth(parse_tokens(settings.tokens), disabled=settings.insecure_no_auth)
+    auth = TokenAuth(
+        read_tokens(settings),
+        disabled=settings.insecure_no_auth,
+        reload=lambda: read_tokens(settings),
+        watch=settings.tokens_file,
+    )
     store = store or SessionStore(settings)
     sessions = AsyncSessionStore(store)
     waiter = LockWaiter(sessions)

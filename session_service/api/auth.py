@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
+import time
+from collections.abc import Callable
 
 from session_service.api.problems import ApiError
 
+log = logging.getLogger(__name__)
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="session-service"'}
 
 
@@ -17,16 +22,57 @@ class TokenAuth:
     hmac.compare_digest, so neither timing nor a memory dump reveals them.
     """
 
-    def __init__(self, tokens: dict[str, str], *, disabled: bool = False) -> None:
-        self._digests = [
+    def __init__(
+        self,
+        tokens: dict[str, str],
+        *,
+        disabled: bool = False,
+        reload: Callable[[], dict[str, str]] | None = None,
+        watch: str = "",
+    ) -> None:
+        self._digests = self._digest(tokens)
+        self.disabled = disabled
+        self._reload = reload
+        self._watch = watch
+        self._checked_at = time.monotonic()
+        self._stamp = self._file_stamp()
+
+    @staticmethod
+    def _digest(tokens: dict[str, str]) -> list[tuple[bytes, str]]:
+        return [
             (hashlib.sha256(secret.encode()).digest(), namespace)
             for secret, namespace in tokens.items()
         ]
-        self.disabled = disabled
+
+    def _file_stamp(self) -> tuple[float, int] | None:
+        try:
+            stat = os.stat(self._watch) if self._watch else None
+        except OSError:
+            return None
+        return (stat.st_mtime, stat.st_size) if stat else None
+
+    def _maybe_reload(self) -> None:
+        """Re-read the tokens file when it changed (checked at most once a second)."""
+        now = time.monotonic()
+        if self._reload is None or now - self._checked_at < 1.0:
+            return
+        self._checked_at = now
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return
+        try:
+            tokens = self._reload()
+        except ValueError as error:  # keep serving with the tokens we had
+            log.error("tokens file not reloaded: %s", error)
+            return
+        self._stamp = stamp
+        self._digests = self._digest(tokens)
+        log.info("tokens reloaded: %d tokens", len(tokens))
 
     def namespace(self, header: str | None) -> str:
         if self.disabled:
             return "default"
+        self._maybe_reload()
         if not header:
             raise ApiError(
                 401, "unauthorized", "missing Authorization: Bearer token", _UNAUTHORIZED
