@@ -194,19 +194,26 @@ class AsyncMySQLRunner:
                     self._pool = await asyncmy.create_pool(
                         minsize=0, maxsize=self._pool_size, pool_recycle=3600, **self._connect_args
                     )
-        raw = await self._pool.acquire()
-        if not getattr(raw, "_session_service_ready", False):
-            async with raw.cursor() as cursor:
-                await cursor.execute("SET SESSION innodb_lock_wait_timeout = 5")
-            raw._session_service_ready = True
-        idle_since = getattr(raw, "_session_service_idle_since", None)
-        if (
-            self._ping_idle is not None
-            and idle_since is not None
-            and time.monotonic() - idle_since >= self._ping_idle
-        ):
-            await raw.ping(reconnect=True)
-        return raw
+        for _ in range(self._pool_size + 1):  # at most every pooled connection is stale
+            raw = await self._pool.acquire()
+            idle_since = getattr(raw, "_session_service_idle_since", None)
+            if (
+                self._ping_idle is not None
+                and idle_since is not None
+                and time.monotonic() - idle_since >= self._ping_idle
+            ):
+                try:
+                    await raw.ping(reconnect=False)
+                except (my_errors.Error, OSError):  # closed by a restart or wait_timeout
+                    raw._session_service_broken = True
+                    await self._release(raw)
+                    continue
+            if not getattr(raw, "_session_service_ready", False):
+                async with raw.cursor() as cursor:
+                    await cursor.execute("SET SESSION innodb_lock_wait_timeout = 5")
+                raw._session_service_ready = True
+            return raw
+        raise my_errors.OperationalError(2013, "no live connection in the pool")
 
     async def _release(self, raw: Any) -> None:
         if getattr(raw, "_session_service_broken", False):
