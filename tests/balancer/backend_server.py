@@ -10,6 +10,8 @@ exposes a few test endpoints:
   /until-close       a body delimited by closing the connection (as php -S does)
   /die?who=NAME      the backend called NAME exits without answering
   /_count            requests and bytes received so far (not counting this request)
+  /health            503 while the file $SICK_DIR/NAME exists, else 200
+  Expect: 100-continue is answered with a 100 Continue before the final response.
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ class Handler(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
+    def on_headers_complete(self) -> None:
+        if (b"expect", b"100-continue") in [(n.lower(), v.lower()) for n, v in self.headers]:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
 
@@ -102,7 +108,11 @@ class Handler(asyncio.Protocol):
         parts = urlsplit(url.decode())
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         path = parts.path
-        if path == "/_count":
+        if path == "/health" and os.path.exists(
+            f"{os.environ.get('SICK_DIR', '/nonexistent')}/{NAME.decode()}"
+        ):
+            self.transport.write(b"HTTP/1.1 503 Sick\r\nContent-Length: 0\r\n\r\n")
+        elif path == "/_count":
             # Asked on a fresh direct connection: leave this request out of the counts.
             STATS["requests"] -= 1
             STATS["bytes"] -= self.conn_bytes

@@ -45,19 +45,24 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None) -> Non
 class BackendProcess:
     """One backend server process that answers with its name; can be killed and restarted."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, sick_dir: Path | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.sick_dir = sick_dir
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> None:
+        env = dict(os.environ)
+        if self.sick_dir is not None:
+            env["SICK_DIR"] = str(self.sick_dir)
         self.proc = subprocess.Popen(
             [sys.executable, str(BACKEND_SCRIPT), str(self.port), self.name],
             stdout=subprocess.DEVNULL,
+            env=env,
         )
         if wait:
             self.wait()
@@ -70,6 +75,15 @@ class BackendProcess:
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
+
+    def set_sick(self, sick: bool) -> None:
+        """Make this backend's /health answer 503 (it keeps serving everything else)."""
+        assert self.sick_dir is not None
+        flag = self.sick_dir / self.name
+        if sick:
+            flag.touch()
+        else:
+            flag.unlink(missing_ok=True)
 
     def count(self) -> dict[str, int]:
         """Requests and bytes this backend has received, asked directly (not via the balancer)."""
@@ -144,9 +158,9 @@ class Balancer:
 
 
 @pytest.fixture
-def backends() -> Iterator[list[BackendProcess]]:
+def backends(tmp_path: Path) -> Iterator[list[BackendProcess]]:
     """Three started backends named b1, b2, b3."""
-    started = [BackendProcess(f"b{i}") for i in (1, 2, 3)]
+    started = [BackendProcess(f"b{i}", tmp_path) for i in (1, 2, 3)]
     try:
         for backend in started:
             backend.start(wait=False)

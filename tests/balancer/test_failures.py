@@ -261,3 +261,43 @@ def test_tcp_mode_skips_a_dead_backend_and_streams(
     conn.request("GET", "/download?n=5000000&chunked=1")
     assert len(conn.getresponse().read()) == 5_000_000
     conn.close()
+
+
+def test_http_health_checks_take_a_sick_backend_out_and_put_it_back(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends, "--check-path", "/health", *FAST_CHECKS, "--slowstart", "0")
+    b2 = backends[1]
+    b2.set_sick(True)  # its port stays open: only the HTTP check can see it
+    balancer.wait_state("b2", "DOWN")
+    conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=30)
+    assert set(get(balancer.port, conn=conn) for _ in range(20)) == {"b1", "b3"}
+    b2.set_sick(False)
+    balancer.wait_state("b2", "UP")
+    assert Counter(get(balancer.port, conn=conn) for _ in range(30)) == {
+        "b1": 10,
+        "b2": 10,
+        "b3": 10,
+    }
+    conn.close()
+
+
+def test_expect_100_continue_is_passed_through(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends[:1])
+    with socket.create_connection(("127.0.0.1", balancer.port), 30) as sock:
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = b""
+        while b"\r\n\r\n" not in interim:  # the body is sent only after the 100
+            interim += sock.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n")
+        sock.sendall(b"hello")
+        final = interim.split(b"\r\n\r\n", 1)[1]
+        while not final.endswith(b"\r\n\r\n5"):
+            chunk = sock.recv(4096)
+            assert chunk
+            final += chunk
+        assert final.startswith(b"HTTP/1.1 200 OK\r\n")
