@@ -72,7 +72,7 @@ bench-store: venv mariadb
 	$(PY) bench/store.py $(ARGS)
 
 bench-balancer: venv
-	@scripts/require-packages.sh wrk pen haproxy
+	@scripts/require-packages.sh wrk pen haproxy nginx
 	$(PY) bench/balancer $(ARGS)
 
 bench-php: venv system-php mariadb

@@ -137,6 +137,7 @@ class Worker:
             log.warning("drain timeout: closing %d connection(s)", len(fe.connections))
         for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # let health checks end cleanly
         fe.stop()
         if stats_server is not None:
             stats_server.close()
