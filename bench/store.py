@@ -38,7 +38,20 @@ from session_service.schema import migrate  # noqa: E402
 from session_service.settings import Settings  # noqa: E402
 from session_service.store import SessionStore  # noqa: E402
 
-PAYLOAD = secrets.token_bytes(200)
+PAYLOAD = secrets.token_bytes(190)
+
+
+def incremented(data: bytes | None) -> bytes:
+    """The read-modify-write every variant does: a 10-digit counter + 190 bytes.
+
+    The data must change on every cycle, as a real session's does: InnoDB skips
+    the write (and the log flush at commit) for an UPDATE that changes nothing,
+    which would make a baseline look faster than any real handler can be.
+    """
+    count = int(data[:10]) if data and data[:10].isdigit() else 0
+    return b"%010d" % (count + 1) + PAYLOAD
+
+
 TTL = 1440
 
 
@@ -107,7 +120,7 @@ def store_cycle(store: SessionStore) -> Callable[[int], Callable[[], None]]:
             sid = sids[state[0] % len(sids)]
             state[0] += 1
             record = store.lock("bench", sid, wait_ms=10_000, lease_ms=30_000)
-            store.write("bench", sid, PAYLOAD, TTL, lock=record.lock)
+            store.write("bench", sid, incremented(record.data), TTL, lock=record.lock)
 
         return cycle
 
@@ -157,6 +170,7 @@ def raw_same_cycle(database: str) -> Callable[[int], Callable[[], None]]:
             with conn.cursor() as cur:
                 cur.execute(READ_SQL, ("raw", h))
                 row = cur.fetchone()
+                data = incremented(row[5] if row is not None else None)
                 if row is None:
                     cur.execute(INSERT_SQL, ("raw", h, now + 30_000, token, now + 30_000, now, now))
                 else:
@@ -164,7 +178,7 @@ def raw_same_cycle(database: str) -> Callable[[int], Callable[[], None]]:
                     assert cur.rowcount == 1
                 cur.execute(
                     WRITE_SQL,
-                    (PAYLOAD, now + TTL * 1000, now, os.urandom(16), "raw", h, token),
+                    (data, now + TTL * 1000, now, os.urandom(16), "raw", h, token),
                 )
                 assert cur.rowcount == 1
 
@@ -205,17 +219,18 @@ def classic_transaction(conn: pymysql.Connection, sid: str, now: int) -> None:  
     with conn.cursor() as cur:
         cur.execute("BEGIN")
         cur.execute("SELECT sess_data FROM php_sessions WHERE sess_id = %s FOR UPDATE", (sid,))
-        if cur.fetchone() is None:
+        row = cur.fetchone()
+        if row is None:
             cur.execute(
                 "INSERT INTO php_sessions (sess_id, sess_data, sess_lifetime, sess_time) "
                 "VALUES (%s, %s, %s, %s)",
-                (sid, PAYLOAD, TTL, now),
+                (sid, incremented(None), TTL, now),
             )
         else:
             cur.execute(
                 "UPDATE php_sessions SET sess_data = %s, sess_lifetime = %s, sess_time = %s "
                 "WHERE sess_id = %s",
-                (PAYLOAD, TTL, now, sid),
+                (incremented(row[0]), TTL, now, sid),
             )
     conn.commit()
 
@@ -263,8 +278,10 @@ async def _http_worker(
             "Accept: application/msgpack\r\nContent-Length: 0\r\n\r\n"
         )
         assert status == 200, (status, body[:200])
-        lock = msgpack.unpackb(body)["lock"]
-        payload = msgpack.packb({"data": PAYLOAD, "ttl": TTL, "lock": lock})
+        record = msgpack.unpackb(body)
+        payload = msgpack.packb(
+            {"data": incremented(record["data"]), "ttl": TTL, "lock": record["lock"]}
+        )
         status, body = await request(
             f"PUT /v1/sessions/{sid} HTTP/1.1\r\nHost: b\r\n{auth}"
             "Content-Type: application/msgpack\r\nAccept: application/msgpack\r\n"
