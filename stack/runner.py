@@ -3,6 +3,8 @@
 Used by ``make demo`` (stack.demo), ``make loadtest`` (stack.loadtest) and tests/e2e.
 
 - the session service: ``session-service serve`` on SQLite (the default) or MySQL/MariaDB;
+  one instance by default, or several on one database (``StackConfig.services``), each web
+  node then being given every instance's URL (in a rotated order, so the load spreads);
 - N PHP web nodes: ``php -S`` serving examples/ with ``PHP_CLI_SERVER_WORKERS``, the handler
   registered by ``-d auto_prepend_file=php_handler/prepend.php`` and configured by
   environment variables only (no change in the application);
@@ -119,6 +121,21 @@ class Proc:
     def pid(self) -> int | None:
         return self.popen.pid if self.popen else None
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the whole process group (SIGSTOP, SIGCONT, ...)."""
+        if self.popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group at once, no grace (a crash), and reap it."""
+        popen, self.popen = self.popen, None
+        if popen is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait(10)
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM to the whole group, SIGKILL after ``timeout``; waits for the exit."""
         popen, self.popen = self.popen, None
@@ -172,6 +189,11 @@ class StackConfig:
     workdir: Path = REPO / "var" / "stack"
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     service_args: list[str] = field(default_factory=list)
+    #: session service instances, all on ``db_url``; each node's handler gets every URL
+    services: int = 1
+    #: extra environment of the PHP nodes (handler options such as
+    #: SESSION_SERVICE_LOCK_LEASE_MS, see docs/php_handler.md)
+    node_env: dict[str, str] = field(default_factory=dict)
     #: False: nodes keep sessions in PHP's files handler, one directory per node (what the
     #: project replaces; the load test's checks must fail on it)
     handler: bool = True
@@ -187,9 +209,15 @@ class Stack:
         self.db_url = config.db_url or os.environ.get("SESSION_DB_URL", "")
         if not self.db_url:
             self.db_url = f"sqlite:///{DEFAULT_SQLITE}"
+        if config.services < 1:
+            raise ValueError("StackConfig.services must be at least 1")
         taken: set[int] = set()
-        self.service_port = free_port(config.service_port, taken)
-        taken.add(self.service_port)
+        self.service_ports: list[int] = []
+        for i in range(config.services):
+            port = free_port(config.service_port if i == 0 else 0, taken)
+            taken.add(port)
+            self.service_ports.append(port)
+        self.service_port = self.service_ports[0]
         self.balancer_port = free_port(config.balancer_port, taken)
         taken.add(self.balancer_port)
         self.stats_port = free_port(config.stats_port, taken)
@@ -201,8 +229,10 @@ class Stack:
             taken.add(port)
             name = f"web{i}"
             error_log = self.workdir / f"{name}-php-errors.log"
-            self.nodes.append(Node(name, port, self._node_proc(name, port, error_log), error_log))
-        self.service = self._service_proc()
+            proc = self._node_proc(name, port, error_log, i - 1)
+            self.nodes.append(Node(name, port, proc, error_log))
+        self.services = [self._service_proc(i) for i in range(config.services)]
+        self.service = self.services[0]
         self.balancer = self._balancer_proc()
 
     # ------------------------------------------------------------------ addresses
@@ -218,6 +248,10 @@ class Stack:
     @property
     def service_url(self) -> str:
         return f"http://127.0.0.1:{self.service_port}"
+
+    @property
+    def service_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.service_ports]
 
     @property
     def db_label(self) -> str:
@@ -242,19 +276,20 @@ class Stack:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def _service_proc(self) -> Proc:
+    def _service_proc(self, index: int = 0) -> Proc:
+        name = "service" if index == 0 else f"service{index + 1}"
         cmd = [
             str(BIN / "session-service"), "serve",
             "--db", self.db_url,
             "--host", "127.0.0.1",
-            "--port", str(self.service_port),
+            "--port", str(self.service_ports[index]),
             "--tokens", f"default:{self.config.token}",
             "--log-level", "warning",
             *self.config.service_args,
         ]  # fmt: skip
-        return Proc("service", cmd, self.workdir / "service.log", self._base_env())
+        return Proc(name, cmd, self.workdir / f"{name}.log", self._base_env())
 
-    def _node_proc(self, name: str, port: int, error_log: Path) -> Proc:
+    def _node_proc(self, name: str, port: int, error_log: Path, index: int = 0) -> Proc:
         ini = {
             "error_reporting": "-1",
             "display_errors": "0",
@@ -279,14 +314,17 @@ class Stack:
         for key, value in ini.items():
             cmd += ["-d", f"{key}={value}"]
         cmd += ["-S", f"127.0.0.1:{port}", "-t", str(EXAMPLES)]
+        urls = self.service_urls
+        shift = index % len(urls)  # node i tries instance i first, then the others in turn
         env = self._base_env()
         env.update(
             {
                 "NODE_NAME": name,
-                "SESSION_SERVICE_URL": self.service_url,
+                "SESSION_SERVICE_URL": ",".join(urls[shift:] + urls[:shift]),
                 "SESSION_SERVICE_TOKEN": self.config.token,
             }
         )
+        env.update(self.config.node_env)
         if self.config.node_workers > 1:
             env["PHP_CLI_SERVER_WORKERS"] = str(self.config.node_workers)
         return Proc(name, cmd, self.workdir / f"{name}.log", env, cwd=EXAMPLES)
@@ -321,8 +359,9 @@ class Stack:
         try:
             # everything starts at once (the nodes need the service only when a request
             # comes, the balancer's health checks wait for the nodes), then each is awaited
-            self.progress(f"session service on {self.service_url} ({self.db_label})")
-            self.service.start()
+            for service, url in zip(self.services, self.service_urls, strict=True):
+                self.progress(f"session {service.name} on {url} ({self.db_label})")
+                service.start()
             for node in self.nodes:
                 node.error_log.write_bytes(b"")
                 self.progress(f"PHP web node {node.name} on {node.url}")
@@ -332,7 +371,8 @@ class Stack:
             for node in self.nodes:
                 self._wait_http(node.proc, node.url + "/health.php")
             self._wait_http(self.balancer, self.stats_url + "stats")
-            self._wait_http(self.service, self.service_url + "/readyz")
+            for service, url in zip(self.services, self.service_urls, strict=True):
+                self._wait_http(service, url + "/readyz")
             self.wait_backends({n.name: "UP" for n in self.nodes})
         except BaseException:
             self.stop()
@@ -344,7 +384,9 @@ class Stack:
         self.balancer.stop(timeout=5)
         for node in self.nodes:
             node.proc.stop(timeout=5)
-        self.service.stop(timeout=10)
+        for service in self.services:
+            service.signal(signal.SIGCONT)  # a frozen instance could not act on SIGTERM
+            service.stop(timeout=10)
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -353,7 +395,7 @@ class Stack:
         self.stop()
 
     def processes(self) -> list[Proc]:
-        return [self.service, *(n.proc for n in self.nodes), self.balancer]
+        return [*self.services, *(n.proc for n in self.nodes), self.balancer]
 
     def stop_node(self, name: str) -> None:
         self.node(name).proc.stop(timeout=5)
@@ -362,6 +404,12 @@ class Stack:
         node = self.node(name)
         node.proc.start()
         self._wait_http(node.proc, node.url + "/health.php")
+
+    def start_service(self, index: int) -> None:
+        """(Re)start service instance ``index`` (0-based) and wait until it is ready."""
+        service = self.services[index]
+        service.start()
+        self._wait_http(service, self.service_urls[index] + "/readyz")
 
     @staticmethod
     def _wait_http(proc: Proc, url: str, timeout: float = 30.0) -> None:
@@ -413,10 +461,8 @@ class Stack:
                 (node.name, node.error_log, PHP_PROBLEM),
                 (node.name, node.proc.log, PHP_PROBLEM),
             ]
-        sources += [
-            ("service", self.service.log, PY_PROBLEM),
-            ("balancer", self.balancer.log, PY_PROBLEM),
-        ]
+        sources += [(service.name, service.log, PY_PROBLEM) for service in self.services]
+        sources += [("balancer", self.balancer.log, PY_PROBLEM)]
         for name, path, pattern in sources:
             try:
                 with path.open("rb") as f:
