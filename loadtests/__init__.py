@@ -1,0 +1,1 @@
+"""Load and fault runs of the whole stack (locust scenarios, make chaos)."""
