@@ -525,11 +525,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in names if s not in SCENARIOS]
+    problem = ""
     if unknown or not names:
-        print(f"make chaos: unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
-        return 2
-    if args.freeze * 1000 <= args.lease_ms and "freeze" in names:
-        print("make chaos: --freeze must be longer than the lease (--lease-ms)")
+        problem = f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}"
+    elif args.users < 1 or args.node_workers < 1 or args.lease_ms < 100:
+        problem = "--users and --node-workers must be at least 1, --lease-ms at least 100"
+    elif min(args.warmup, args.fault, args.observe, args.think) < 0 or args.timeout <= 0:
+        problem = "times must not be negative"
+    elif args.freeze * 1000 <= args.lease_ms and "freeze" in names:
+        problem = "--freeze must be longer than the lease (--lease-ms)"
+    if problem:
+        print(f"make chaos: {problem}", file=sys.stderr)
         return 2
     out = Output(plain=True if args.plain else None)
     args.out.mkdir(parents=True, exist_ok=True)
