@@ -13,7 +13,7 @@ E2E_PACKAGES := chromium chromium-driver
 CLUSTER_PACKAGES := mariadb-server galera-4 rsync
 ARGS ?=
 
-.PHONY: help venv system-php system-e2e system-cluster mariadb test lint run demo loadtest bench-store bench-balancer bench-php clean
+.PHONY: help venv system-php system-e2e system-cluster mariadb test lint run demo loadtest chaos bench-store bench-balancer bench-php clean
 
 help:
 	@echo "make demo        run the whole stack and show sessions surviving any node"
@@ -21,6 +21,7 @@ help:
 	@echo "make run         start the session service on the embedded SQLite default"
 	@echo "make lint        ruff and mypy"
 	@echo "make loadtest    the stack under locust for a bounded time, with a consistency verdict"
+	@echo "make chaos       fault runs under load (kill a node / a service, restart MariaDB, freeze a service): nothing lost"
 	@echo "make bench-store store and service benchmark against MariaDB (bench/store.py)"
 	@echo "make bench-balancer / bench-php   the balancer and PHP handler benchmarks"
 
@@ -67,6 +68,10 @@ demo: venv system-php
 loadtest: venv system-php
 	@PYTHON=$(PY) scripts/ensure-mariadb.sh 2>/dev/null || echo ">> MariaDB not reachable: the load test runs on SQLite"
 	$(PY) -m stack.loadtest $(ARGS)
+
+chaos: venv system-php
+	@scripts/require-packages.sh mariadb-server
+	$(PY) -m loadtests.chaos $(ARGS)
 
 bench-store: venv mariadb
 	$(PY) bench/store.py $(ARGS)
