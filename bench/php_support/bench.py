@@ -97,7 +97,9 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="php-sessions-bench-"))
         self.procs: list[subprocess.Popen[bytes]] = []
         self.dbs: list[str] = []
-        self.client = httpx.Client(timeout=30)
+        # one client for every helper thread (a new httpx client per call costs more CPU
+        # than the PHP page it calls)
+        self.client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=16))
 
     # ------------------------------------------------------------------ setup
 
@@ -194,20 +196,17 @@ class Bench:
 
     def init_sessions(self, page: str, count: int) -> list[str]:
         def one(_: int) -> str:
-            with httpx.Client(timeout=30) as c:
-                r = c.get(self.url(page, "init"))
-                if r.status_code != 200:
-                    raise RuntimeError(f"init {page}: {r.status_code} {r.text[:300]}")
-                return r.text.strip()
+            r = self.client.get(self.url(page, "init"))
+            if r.status_code != 200:
+                raise RuntimeError(f"init {page}: {r.status_code} {r.text[:300]}")
+            return r.text.strip()
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             return list(pool.map(one, range(count)))
 
     def counters(self, page: str, ids: list[str]) -> int:
         def one(sid: str) -> int:
-            r = httpx.get(
-                self.url(page, "read"), headers={"Cookie": f"PHPSESSID={sid}"}, timeout=30
-            )
+            r = self.client.get(self.url(page, "read"), headers={"Cookie": f"PHPSESSID={sid}"})
             if r.status_code != 200:
                 raise RuntimeError(f"read {page}: {r.status_code} {r.text[:300]}")
             return int(r.text)

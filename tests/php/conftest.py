@@ -281,10 +281,17 @@ def run_concurrently(fn: Callable[[int], Any], count: int, threads: int | None =
 # --------------------------------------------------------------------------- fixtures
 
 
+def missing(reason: str) -> None:
+    """Skip locally; in CI (CI=true) a missing PHP or MariaDB fails the test instead."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def php_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if PHP is None:
-        pytest.skip("php CLI not installed")
+        missing("php CLI not installed (apt-get install php-cli php-curl php-msgpack)")
     return tmp_path_factory.mktemp("php")
 
 
@@ -303,7 +310,7 @@ def php_db_url(request: pytest.FixtureRequest) -> Iterator[str]:
     try:
         conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
     except pymysql.MySQLError as exc:
-        pytest.skip(f"MariaDB not reachable: {exc}")
+        missing(f"MariaDB not reachable: {exc}")
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}`")
     try:
@@ -321,7 +328,7 @@ _nodes: list[PhpNode] = []
 @pytest.fixture(scope="session")
 def start_service(php_db_url: str, php_workdir: Path) -> Iterator[Callable[..., ServiceProcess]]:
     if not SERVICE_BIN.exists():
-        pytest.skip(f"{SERVICE_BIN} missing (pip install -e .)")
+        missing(f"{SERVICE_BIN} missing (pip install -e .)")
 
     def start(port: int | None = None) -> ServiceProcess:
         svc = ServiceProcess(php_db_url, php_workdir, port).start()

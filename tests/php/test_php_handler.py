@@ -23,6 +23,7 @@ from .conftest import (
     PhpNode,
     ServiceProcess,
     free_port,
+    missing,
     run_concurrently,
     while_holding,
 )
@@ -34,6 +35,7 @@ WRITE_FAILED = (
 )
 LOG = r"session-service: session [0-9a-f]{12}: "  # a handler line: hashed id, never the raw one
 NodeFactory = Callable[..., PhpNode]
+SYMFONY_AUTOLOAD = "/usr/share/php/Symfony/Component/HttpFoundation/autoload.php"
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +343,8 @@ def test_second_url_serves_when_first_is_down(
 def test_symfony_native_session_storage(
     start_node: NodeFactory, service: ServiceProcess, service2: ServiceProcess
 ) -> None:
+    if not Path(SYMFONY_AUTOLOAD).exists():
+        missing(f"{SYMFONY_AUTOLOAD} missing (apt-get install php-symfony-http-foundation)")
     sym = [
         start_node(service.url, prepend=False),
         start_node(service2.url, prepend=False),
