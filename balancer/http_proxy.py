@@ -113,8 +113,15 @@ class ClientConnection(asyncio.Protocol):
                 current.client_lost()
                 self.current = None
                 self.queue.clear()
-            elif current is not None and current.outq:
-                current.flush_out()  # a complete request before the bad one still goes
+            elif current is not None:
+                # Requests pipelined behind the current one wait in the queue: the
+                # complete ones still go, but the malformed one's head and body parts
+                # (everything after the last END) must never be started.
+                queue = self.queue
+                while queue and queue[-1][0] != END:
+                    queue.pop()
+                if current.outq:
+                    current.flush_out()  # a complete request before the bad one still goes
             self._event(ERROR, self.error)
             return
         current = self.current

@@ -81,6 +81,19 @@ def test_a_smuggled_request_after_a_good_one_is_not_forwarded(
     assert one_backend.count()["requests"] == before + 1
 
 
+def test_a_bad_chunk_pipelined_behind_a_good_request_is_not_forwarded(
+    shared: tuple[BackendProcess, Balancer],
+) -> None:
+    """Found by the fuzzer: the bad request's head was queued behind the good one, then
+    started once the good one was answered, and the connection hung waiting for its body."""
+    one_backend, balancer = shared
+    before = one_backend.count()["requests"]
+    good = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+    answer = raw_exchange(balancer.port, good + SMUGGLING["invalid chunk size"], timeout=5)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b"HTTP/1.1 400 " in answer, answer
+    assert one_backend.count()["requests"] == before + 1
+
+
 def test_oversized_headers_get_431(
     one_backend: BackendProcess, start_balancer: StartBalancer
 ) -> None:
