@@ -65,7 +65,8 @@ def request_head(
     """Build the HTTP/1.1 head sent to a backend, in one pass over the headers.
 
     Raises BadRequest for a missing or repeated Host, which would let a client pick a
-    different virtual host on each hop.
+    different virtual host on each hop, and for a Transfer-Encoding other than a single
+    ``chunked``.
     """
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
     host: bytes | None = None
@@ -78,6 +79,10 @@ def request_head(
             if lname == b"content-length":
                 content_length = value
             elif lname == b"transfer-encoding":
+                # llhttp accepts any list ending in chunked ("gzip, chunked"); the body
+                # is re-framed as plain chunked, so any other coding would be lost.
+                if chunked or value.strip(b" \t").lower() != b"chunked":
+                    raise BadRequest(400, "Transfer-Encoding other than chunked")
                 chunked = True
             elif lname == b"connection" and not extra:
                 named = extra_hop_by_hop(value)

@@ -31,6 +31,10 @@ SMUGGLING = {
     "invalid chunk size": H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
     "chunk size overflow": H + b"Transfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\nx\r\n",
     "unknown transfer-encoding": H + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "transfer-coding list ending in chunked": H
+    + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "repeated transfer-encoding": H
+    + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "obsolete line folding": b"GET / HTTP/1.1\r\nHost: t\r\nX-A: b\r\n c\r\n\r\n",
     "bare LF line end": b"GET / HTTP/1.1\r\nHost: t\nX-A: b\r\n\r\n",
     "bare CR in header": b"GET / HTTP/1.1\r\nHost: t\r\nX-A: b\rc\r\n\r\n",
