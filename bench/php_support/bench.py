@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -97,9 +98,10 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="php-sessions-bench-"))
         self.procs: list[subprocess.Popen[bytes]] = []
         self.dbs: list[str] = []
-        # one client for every helper thread (a new httpx client per call costs more CPU
-        # than the PHP page it calls)
-        self.client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=16))
+        self.client = httpx.Client(timeout=30)
+        # one client per helper thread (a new httpx client per call costs more CPU than
+        # the PHP page it calls); see fresh_client()
+        self._local = threading.local()
 
     # ------------------------------------------------------------------ setup
 
@@ -194,9 +196,18 @@ class Bench:
         sep = "&" if "?" in page else "?"
         return f"{self.php_url}{page}{sep}op={op}"
 
+    def fresh_client(self) -> httpx.Client:
+        """This thread's client, with its cookie jar emptied: every call names its own
+        session (a kept cookie would make every "new" session the same one)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpx.Client(timeout=30)
+        client.cookies.clear()
+        return client
+
     def init_sessions(self, page: str, count: int) -> list[str]:
         def one(_: int) -> str:
-            r = self.client.get(self.url(page, "init"))
+            r = self.fresh_client().get(self.url(page, "init"))
             if r.status_code != 200:
                 raise RuntimeError(f"init {page}: {r.status_code} {r.text[:300]}")
             return r.text.strip()
@@ -206,7 +217,9 @@ class Bench:
 
     def counters(self, page: str, ids: list[str]) -> int:
         def one(sid: str) -> int:
-            r = self.client.get(self.url(page, "read"), headers={"Cookie": f"PHPSESSID={sid}"})
+            r = self.fresh_client().get(
+                self.url(page, "read"), headers={"Cookie": f"PHPSESSID={sid}"}
+            )
             if r.status_code != 200:
                 raise RuntimeError(f"read {page}: {r.status_code} {r.text[:300]}")
             return int(r.text)
@@ -236,6 +249,8 @@ class Bench:
         self, name: str, page: str, sessions: int, seconds: float, connections: int
     ) -> dict[str, Any]:
         ids = self.init_sessions(page, sessions)
+        if len(set(ids)) != len(ids):
+            raise RuntimeError(f"{page}: init returned {len(set(ids))} distinct ids for {len(ids)}")
         ids_file = self.tmp / f"ids-{uuid.uuid4().hex[:6]}.txt"
         ids_file.write_text("\n".join(ids) + "\n")
         if self.args.warmup > 0:
