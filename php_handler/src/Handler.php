@@ -262,8 +262,8 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             // Expired (or destroyed) meanwhile: a touch never revives it, so write the data.
             return $this->put($id, $data);
         }
-        if (409 === $r['status'] && $mine) {
-            $this->lock = null;
+        if ($mine && (409 === $r['status'] || 0 === $r['status'])) {
+            $this->lock = null; // as in put()
         }
         $this->logFailure('touch', $id, $r);
 
@@ -410,11 +410,13 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
 
             return true;
         }
-        if (409 === $r['status'] && $mine) {
+        if ($mine && (409 === $r['status'] || 0 === $r['status'])) {
+            // 409: not ours any more. No answer: the write may still be applied, and a
+            // release would most likely time out too; the lease ends the lock.
             $this->lock = null;
         }
         $this->logFailure('write', $id, $r, 413 === $r['status'] ? sprintf('; %d bytes not saved, the stored session is left unchanged', \strlen($data)) : '');
-        // Any lock still held is released by close().
+        // Any lock still held (refused write) is released by close().
         return false;
     }
 
@@ -538,10 +540,14 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             $error = sprintf('curl error %d: %s', $errno, curl_error($ch));
             $result = ['status' => 0, 'body' => null, 'url' => $shown, 'error' => $error];
             // Only failures before the request reached a service are safe to retry
-            // elsewhere (a timed-out lock request may have been granted).
-            $connected = (float) curl_getinfo($ch, \CURLINFO_CONNECT_TIME) > 0.0;
+            // elsewhere (a timed-out lock request may have been granted, a timed-out
+            // write may still be applied). On a reused keep-alive connection the
+            // connect time is 0 although the request went out: judge by whether curl
+            // got as far as sending it.
+            $sent = (float) curl_getinfo($ch, \CURLINFO_PRETRANSFER_TIME) > 0.0
+                || (int) curl_getinfo($ch, \CURLINFO_REQUEST_SIZE) > 0;
             $beforeRequest = \in_array($errno, [\CURLE_COULDNT_CONNECT, \CURLE_COULDNT_RESOLVE_HOST], true)
-                || (\CURLE_OPERATION_TIMEDOUT === $errno && !$connected);
+                || (\CURLE_OPERATION_TIMEDOUT === $errno && !$sent);
             if (!$beforeRequest) {
                 return $result;
             }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -454,3 +455,37 @@ def test_invalid_options_are_configuration_errors() -> None:
     assert 'unknown option "colour"' in lines[3]
     assert 'option "on_unavailable" must be one of fail, empty' in lines[4]
     assert lines[5] == "bool(true)"
+
+
+def test_request_timed_out_after_sending_is_not_retried_elsewhere(
+    start_node: NodeFactory, start_service: Callable[..., ServiceProcess], php_workdir: Path
+) -> None:
+    """A write that timed out on the kept-alive connection may still be applied by the
+    frozen service: it must fail, not be replayed on the next URL."""
+    first, second = start_service(), start_service()
+    node = start_node([first.url, second.url], fresh=True, timeout_ms="800")
+    b = Browser()
+    b.get(node, "incr")
+    sid = b.sid
+    assert first.proc is not None
+    pid = first.proc.pid
+
+    def freeze() -> None:
+        os.kill(pid, signal.SIGSTOP)
+
+    try:
+        out, _ = while_holding(
+            lambda mark: Browser(sid).get(node, "incr", sleep_ms=500, mark=mark),
+            freeze,
+            php_workdir,
+        )
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert out["n"] == 2
+    node.expect(
+        LOG
+        + rf"write failed: service unreachable at {first.url}/v1/sessions/\{{sid\}} \(curl error 28"
+    )
+    node.expect(WRITE_FAILED)
+    node.collect()
+    assert not [e for e in node.pending if "trying" in e], "the write was replayed elsewhere"
