@@ -13,7 +13,7 @@ E2E_PACKAGES := chromium chromium-driver
 CLUSTER_PACKAGES := mariadb-server galera-4 rsync
 ARGS ?=
 
-.PHONY: help venv system-php system-e2e system-cluster mariadb test lint run demo loadtest chaos bench-store bench-balancer bench-php clean
+.PHONY: help venv system-php system-e2e system-cluster mariadb test test-php lint run demo loadtest chaos bench-store bench-balancer bench-php clean
 
 help:
 	@echo "make demo        run the whole stack and show sessions surviving any node"
@@ -49,6 +49,9 @@ mariadb: venv
 
 test: venv system-php system-e2e system-cluster mariadb
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-php: venv system-php mariadb
+	$(VENV)/bin/pytest tests/php -q
 
 lint: venv
 	$(VENV)/bin/ruff check .
