@@ -44,7 +44,12 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         'on_unavailable' => ['SESSION_SERVICE_ON_UNAVAILABLE', self::ON_UNAVAILABLE_FAIL],
         'on_lock_timeout' => ['SESSION_SERVICE_ON_LOCK_TIMEOUT', self::ON_LOCK_TIMEOUT_FAIL],
         'format' => ['SESSION_SERVICE_FORMAT', 'auto'],
+        'ca_file' => ['SESSION_SERVICE_CA_FILE', ''],
+        'ca_path' => ['SESSION_SERVICE_CA_PATH', ''],
     ];
+
+    /** curl errors of the TLS layer (handshake, certificate, CA file). */
+    private const TLS_ERRORS = [35, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91];
 
     private const SID_PATTERN = '/^[A-Za-z0-9,-]{22,256}$/D';
 
@@ -59,6 +64,8 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
     private string $onUnavailable;
     private string $onLockTimeout;
     private bool $msgpack;
+    private string $caFile;
+    private string $caPath;
 
     /** The one curl handle of this request (keep-alive between lock and write). */
     private ?\CurlHandle $curl = null;
@@ -133,6 +140,14 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             throw new \InvalidArgumentException('session-service: format "msgpack" needs ext-msgpack');
         }
         $this->msgpack = 'json' !== $format && \function_exists('msgpack_unpack');
+        $this->caFile = trim((string) $get('ca_file'));
+        if ('' !== $this->caFile && (!is_file($this->caFile) || !is_readable($this->caFile))) {
+            throw new \InvalidArgumentException(sprintf('session-service: option "ca_file": "%s" is not a readable file', $this->caFile));
+        }
+        $this->caPath = trim((string) $get('ca_path'));
+        if ('' !== $this->caPath && !is_dir($this->caPath)) {
+            throw new \InvalidArgumentException(sprintf('session-service: option "ca_path": "%s" is not a directory', $this->caPath));
+        }
     }
 
     /**
@@ -251,6 +266,12 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             $body['lock'] = $lock;
         }
         $r = $this->request('POST', $this->sessionPath($id).'/touch', $body);
+        if (200 === $r['status'] && !self::isWriteResult($r)) {
+            self::invalid($r, 'its body has no integer "version"');
+            $this->logFailure('touch', $id, $r, '; whether the expiry was extended is unknown');
+
+            return false; // a lock still held is released by close()
+        }
         if (200 === $r['status']) {
             if ($mine) {
                 $this->lock = null;
@@ -326,10 +347,13 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         $query = sprintf('/lock?wait_ms=%d&lease_ms=%d', $this->lockWaitMs, $this->lockLeaseMs);
         $r = $this->request('POST', $this->sessionPath($id).$query, null, $this->lockWaitMs);
         if (200 === $r['status'] && \is_array($r['body']) && \is_string($r['body']['lock'] ?? null)) {
-            $data = $this->decodeData($r['body']['data'] ?? '');
+            $data = $this->decodeData($r['body']['data'] ?? null, $r['format']);
             if (false === $data) {
+                // Never start the request with a session it could not read: its write
+                // would overwrite the stored data. Let the lock go at once.
                 $this->release($id, $r['body']['lock']);
-                self::log(sprintf('%s: lock at %s: the response has no readable "data"', self::label($id), $r['url']));
+                self::invalid($r, self::dataProblem($r));
+                $this->logFailure('lock', $id, $r, '; the lock was released, the stored session is left unchanged');
 
                 return false;
             }
@@ -353,8 +377,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             return false;
         }
         if (200 === $r['status']) {
-            $r['status'] = 0;
-            $r['error'] = 'the response has no "lock"';
+            self::invalid($r, \is_array($r['body']) ? 'its body has no string "lock"' : null);
         }
 
         return $this->readFailed('lock', $id, $r);
@@ -369,18 +392,19 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             return '';
         }
         if (200 === $r['status'] && \is_array($r['body'])) {
-            $data = $this->decodeData($r['body']['data'] ?? '');
+            $data = $this->decodeData($r['body']['data'] ?? null, $r['format']);
             if (false !== $data) {
                 return $data;
             }
-            $r['status'] = 0;
-            $r['error'] = 'the response has no readable "data"';
+            self::invalid($r, self::dataProblem($r));
+        } elseif (200 === $r['status']) {
+            self::invalid($r, null);
         }
 
         return $this->readFailed($op, $id, $r);
     }
 
-    /** @param array{status:int, body:mixed, url:string, error:?string} $r */
+    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
     private function readFailed(string $op, string $id, array $r): string|false
     {
         if (self::isUnavailable($r) && self::ON_UNAVAILABLE_EMPTY === $this->onUnavailable) {
@@ -402,6 +426,14 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             $body['lock'] = $this->lock;
         }
         $r = $this->request('PUT', $this->sessionPath($id), $body);
+        if (200 === $r['status'] && !self::isWriteResult($r)) {
+            // Not the service's answer (a proxy's page, a truncated or foreign body):
+            // report the failure; a lock still held is released by close().
+            self::invalid($r, 'its body has no integer "version"');
+            $this->logFailure('write', $id, $r, '; whether the data was saved is unknown');
+
+            return false;
+        }
         if (200 === $r['status']) {
             if ($mine) {
                 $this->lock = null; // the write released it
@@ -449,13 +481,45 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         return '/v1/sessions/'.rawurlencode($id);
     }
 
-    private function decodeData(mixed $data): string|false
+    /** The session bytes of a response's "data": msgpack bin/str as is, JSON base64. */
+    private function decodeData(mixed $data, ?string $format): string|false
     {
         if (!\is_string($data)) {
             return false;
         }
 
-        return $this->msgpack ? $data : base64_decode($data, true);
+        return 'json' === $format ? base64_decode($data, true) : $data;
+    }
+
+    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
+    private static function dataProblem(array $r): string
+    {
+        $data = \is_array($r['body']) ? ($r['body']['data'] ?? null) : null;
+        if (!\is_array($r['body']) || !array_key_exists('data', $r['body'])) {
+            return 'its body has no "data"';
+        }
+        if (!\is_string($data)) {
+            return sprintf('its "data" is %s, not bytes', get_debug_type($data));
+        }
+
+        return 'its "data" is not valid base64';
+    }
+
+    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
+    private static function isWriteResult(array $r): bool
+    {
+        return \is_array($r['body']) && \is_int($r['body']['version'] ?? null);
+    }
+
+    /**
+     * Marks an HTTP answer as not a valid service answer. $problem null: the
+     * body's own decoding problem (or its absence).
+     *
+     * @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r
+     */
+    private static function invalid(array &$r, ?string $problem): void
+    {
+        $r['invalid'] = $r['problem'] ?? $problem ?? 'its body is empty';
     }
 
     /**
@@ -463,14 +527,17 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
      *
      * @param array<string, mixed>|null $body
      *
-     * @return array{status:int, body:mixed, url:string, error:?string} status 0 = no HTTP answer
+     * @return array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string}
+     *         status 0 = no complete HTTP answer (error says why); format = the body's
+     *         format (msgpack, json or null); problem = why the body could not be
+     *         decoded (null when it was); invalid = set by invalid()
      */
     private function request(string $method, string $path, ?array $body, int $extraTimeoutMs = 0): array
     {
         if (null === $this->curl) {
             $curl = curl_init();
             if (false === $curl) {
-                return ['status' => 0, 'body' => null, 'url' => $this->urls[0].self::redact($path), 'error' => 'curl_init() failed'];
+                return self::noAnswer($this->urls[0].self::redact($path), 'curl_init() failed');
             }
             $this->curl = $curl;
         }
@@ -512,7 +579,18 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
                 \CURLOPT_NOSIGNAL => true,
                 \CURLOPT_TCP_NODELAY => true,
                 \CURLOPT_HTTP_VERSION => \CURL_HTTP_VERSION_1_1,
+                // https: the certificate and host name are always verified, never
+                // switched off; ca_file/ca_path name the CA when it is not a system one.
+                \CURLOPT_SSL_VERIFYPEER => true,
+                \CURLOPT_SSL_VERIFYHOST => 2,
+                \CURLOPT_FOLLOWLOCATION => false,
             ];
+            if ('' !== $this->caFile) {
+                $options[\CURLOPT_CAINFO] = $this->caFile;
+            }
+            if ('' !== $this->caPath) {
+                $options[\CURLOPT_CAPATH] = $this->caPath;
+            }
             if ('HEAD' === $method) {
                 $options[\CURLOPT_NOBODY] = true;
             } elseif ('GET' !== $method) {
@@ -529,7 +607,8 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             if (0 === $errno && \is_string($raw)) {
                 $status = (int) curl_getinfo($ch, \CURLINFO_RESPONSE_CODE);
                 $type = (string) curl_getinfo($ch, \CURLINFO_CONTENT_TYPE);
-                $result = ['status' => $status, 'body' => $this->decodeBody($raw, $type), 'url' => $shown, 'error' => null];
+                [$decoded, $format, $problem] = $this->decodeBody($raw, $type);
+                $result = ['status' => $status, 'body' => $decoded, 'url' => $shown, 'error' => null, 'format' => $format, 'problem' => $problem, 'invalid' => null];
                 if (503 !== $status || $attempt === $count - 1) {
                     $this->urlIndex = $index;
 
@@ -538,7 +617,16 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
                 continue; // this instance cannot reach the database: try the next one
             }
             $error = sprintf('curl error %d: %s', $errno, curl_error($ch));
-            $result = ['status' => 0, 'body' => null, 'url' => $shown, 'error' => $error];
+            $answered = (int) curl_getinfo($ch, \CURLINFO_RESPONSE_CODE);
+            if ($answered > 0) {
+                // The status line came, the rest did not (truncated body, reset, timeout).
+                $error = sprintf('incomplete answer: HTTP %d, then %s', $answered, $error);
+            } elseif (\in_array($errno, self::TLS_ERRORS, true)) {
+                $error .= '' !== $this->caFile || '' !== $this->caPath
+                    ? ' (TLS: the service\'s certificate is not signed by the CA of SESSION_SERVICE_CA_FILE/CA_PATH, or does not name this host)'
+                    : ' (TLS: the service\'s certificate could not be verified; set SESSION_SERVICE_CA_FILE to the CA that signed it)';
+            }
+            $result = self::noAnswer($shown, $error);
             // Only failures before the request reached a service are safe to retry
             // elsewhere (a timed-out lock request may have been granted, a timed-out
             // write may still be applied). On a reused keep-alive connection the
@@ -556,7 +644,13 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             }
         }
 
-        return $result ?? ['status' => 0, 'body' => null, 'url' => $this->urls[0].self::redact($path), 'error' => 'no url'];
+        return $result ?? self::noAnswer($this->urls[0].self::redact($path), 'no url');
+    }
+
+    /** @return array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} */
+    private static function noAnswer(string $url, string $error): array
+    {
+        return ['status' => 0, 'body' => null, 'url' => $url, 'error' => $error, 'format' => null, 'problem' => null, 'invalid' => null];
     }
 
     /** A request path fit for the log: the session id and lock token are masked. */
@@ -565,14 +659,19 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         return (string) preg_replace(['~^/v1/sessions/[^/?]+~', '~([?&]lock=)[^&]*~'], ['/v1/sessions/{sid}', '$1…'], $path);
     }
 
-    private function decodeBody(string $raw, string $contentType): mixed
+    /**
+     * @return array{0:mixed, 1:?string, 2:?string} the decoded body, its format
+     *         (msgpack/json, null if neither) and why it could not be decoded (null if it could)
+     */
+    private function decodeBody(string $raw, string $contentType): array
     {
         if ('' === $raw) {
-            return null;
+            return [null, null, 'its body is empty'];
         }
+        $size = \strlen($raw);
         if (str_contains($contentType, 'msgpack')) {
             if (!\function_exists('msgpack_unpack')) {
-                return null;
+                return [null, 'msgpack', sprintf('its body is msgpack (%d bytes) but ext-msgpack is not loaded', $size)];
             }
             $prev = \ini_get('msgpack.error_display');
             ini_set('msgpack.error_display', '0');
@@ -581,46 +680,63 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             } finally {
                 ini_set('msgpack.error_display', (string) $prev);
             }
+            if (!\is_array($value)) {
+                return [null, 'msgpack', sprintf('its body (%d bytes, %s) is not a msgpack map', $size, $contentType)];
+            }
 
-            return $value;
+            return [$value, 'msgpack', null];
         }
         if (str_contains($contentType, 'json')) {
-            return json_decode($raw, true);
+            $value = json_decode($raw, true, 16);
+            if (!\is_array($value)) {
+                return [null, 'json', sprintf('its body (%d bytes, %s) is not a JSON object', $size, $contentType)];
+            }
+
+            return [$value, 'json', null];
         }
 
-        return null;
+        return [null, null, sprintf('its Content-Type is %s, not msgpack or JSON (%d bytes)', '' === $contentType ? 'missing' : '"'.$contentType.'"', $size)];
     }
 
-    /** @param array{status:int, body:mixed, url:string, error:?string} $r */
+    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
     private static function isUnavailable(array $r): bool
     {
-        return 0 === $r['status'] || $r['status'] >= 500;
+        return 0 === $r['status'] || $r['status'] >= 500 || null !== $r['invalid'];
     }
 
-    /** @param array{status:int, body:mixed, url:string, error:?string} $r */
+    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
     private static function reason(array $r): string
     {
         $body = \is_array($r['body']) ? $r['body'] : [];
         $error = \is_string($body['error'] ?? null) ? $body['error'] : '';
         $detail = \is_string($body['detail'] ?? null) ? $body['detail'] : '';
         if ('' === $error && '' === $detail) {
-            return '(no error body)';
+            return null !== $r['problem'] && 'its body is empty' !== $r['problem']
+                ? '(no error body: '.$r['problem'].')'
+                : '(no error body)';
         }
 
         return trim($error.('' !== $detail ? ': '.$detail : ''));
     }
 
-    /** @param array{status:int, body:mixed, url:string, error:?string} $r */
+    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
     private static function describe(array $r): string
     {
         if (0 === $r['status']) {
+            if (str_starts_with((string) $r['error'], 'incomplete answer')) {
+                return sprintf('%s from %s', $r['error'], $r['url']);
+            }
+
             return sprintf('service unreachable at %s (%s)', $r['url'], $r['error'] ?? 'no answer');
+        }
+        if (null !== $r['invalid']) {
+            return sprintf('%s answered HTTP %d but %s: not a session-service answer', $r['url'], $r['status'], $r['invalid']);
         }
 
         return sprintf('%s answered HTTP %d %s', $r['url'], $r['status'], self::reason($r));
     }
 
-    /** @param array{status:int, body:mixed, url:string, error:?string} $r */
+    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
     private function logFailure(string $op, string $id, array $r, string $suffix = ''): void
     {
         $hint = match ($r['status']) {
