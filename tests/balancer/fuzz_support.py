@@ -332,6 +332,31 @@ def case_ip(index: int) -> str:
     return f"127.{64 + (high >> 8) % 128}.{high & 255}.{low + 1}"
 
 
+def _source_ports() -> range:
+    """Client ports above the ephemeral range (``ip_local_port_range``).
+
+    Every case connects from its own address and half-closes first, so it leaves a
+    TIME-WAIT socket behind. On an ephemeral port, that would make a later listener on the
+    same port number (a test's free_port(), bound to 0.0.0.0) fail with "Address already
+    in use" for a minute. Ports above the range are never handed out by the kernel, and
+    the distinct source addresses keep the connections apart.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            high = int(ports.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        high = 60999
+    return range(high + 1, 65536) if high < 65000 else range(0)
+
+
+SOURCE_PORTS = _source_ports()
+
+
+def source_port(index: int) -> int:
+    """The client port for case ``index``; 0 (any) when no port is above the range."""
+    return SOURCE_PORTS[index % len(SOURCE_PORTS)] if SOURCE_PORTS else 0
+
+
 @dataclass
 class Exchange:
     """What one client connection got back."""
@@ -343,9 +368,14 @@ class Exchange:
 
 
 def exchange(
-    port: int, ip: str, pieces: list[bytes], pause: float = 0.0, timeout: float = 8.0
+    port: int,
+    source: tuple[str, int],
+    pieces: list[bytes],
+    pause: float = 0.0,
+    timeout: float = 8.0,
 ) -> Exchange:
-    """Connect from ``ip``, send ``pieces`` (pausing between them), half-close, read to EOF."""
+    """Connect from ``source``, send ``pieces`` (pausing between them), half-close, read
+    to EOF."""
     started = time.monotonic()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     reset = send_failed = False
@@ -353,7 +383,8 @@ def exchange(
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(timeout)
-        sock.bind((ip, 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(source)
         sock.connect(("127.0.0.1", port))
         try:
             for i, piece in enumerate(pieces):

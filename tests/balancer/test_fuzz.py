@@ -49,6 +49,7 @@ from tests.balancer.fuzz_support import (
     exchange,
     parse_responses,
     settle,
+    source_port,
 )
 
 CASES = int(os.environ.get("FUZZ_CASES", "10000"))
@@ -498,7 +499,8 @@ def test_fuzz_malformed_and_adversarial_http(
             rss["warm"] = balancer.rss_kib()
         ip = case_ip(index)
         pieces = case.pieces()
-        got = exchange(balancer.port, ip, pieces, pause=0.002 if len(pieces) > 1 else 0.0)
+        source = (ip, source_port(index))
+        got = exchange(balancer.port, source, pieces, pause=0.002 if len(pieces) > 1 else 0.0)
         responses, answered = check_case(case, got, balancer, backend, ip)
         answers[ip] = answered
         outcomes["forwarded" if answered else "not forwarded"] += 1
