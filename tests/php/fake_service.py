@@ -1,0 +1,191 @@
+"""A fake session service that answers garbage, for the PHP handler's failure tests.
+
+It listens on a loopback port (a thread of the test process) and, per operation of
+the wire contract (docs/api.md), either forwards the request to a real service
+(``proxy``, the default) or misbehaves:
+
+- ``respond``: a fixed status, Content-Type (or none) and body, optionally after
+  forwarding the request to the real service first (``forward=True``: the real
+  lock is taken, the real write applied, then the answer is garbage);
+- ``corrupt``: forward, then rewrite the real msgpack answer with ``fn(dict)``;
+- ``truncate``: a Content-Length larger than the body sent, then close;
+- ``slow``: wait ``seconds`` (bounded), then answer as the proxy would;
+- ``reset``: read the request, then close the connection with a TCP RST.
+
+Every connection is closed after one answer (``Connection: close``), so curl never
+retries a request on a reused connection behind the test's back. ``seen`` records
+(op, method, path) of every request received, ``forwarded`` the ops sent upstream.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import socketserver
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import msgpack
+
+OPS = (
+    ("lock", "POST", re.compile(r"^/v1/sessions/[^/?]+/lock(\?.*)?$")),
+    ("touch", "POST", re.compile(r"^/v1/sessions/[^/?]+/touch$")),
+    ("release", "DELETE", re.compile(r"^/v1/sessions/[^/?]+/lock(\?.*)?$")),
+    ("read", "GET", re.compile(r"^/v1/sessions/[^/?]+$")),
+    ("write", "PUT", re.compile(r"^/v1/sessions/[^/?]+$")),
+    ("destroy", "DELETE", re.compile(r"^/v1/sessions/[^/?]+$")),
+)
+MAX_SLOW = 10.0  # seconds: every wait of the fake is bounded
+
+
+def op_of(method: str, path: str) -> str:
+    for name, m, rx in OPS:
+        if m == method and rx.match(path):
+            return name
+    return "other"
+
+
+@dataclass
+class Action:
+    kind: str = "proxy"  # proxy | respond | corrupt | truncate | slow | reset
+    status: int = 200
+    content_type: str | None = "application/msgpack"
+    body: bytes = b""
+    forward: bool = False  # respond/truncate/reset: forward to the real service first
+    fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    claimed: int = 0  # truncate: the Content-Length announced
+    seconds: float = 0.0
+
+
+@dataclass
+class FakeService:
+    upstream: str
+    actions: dict[str, Action] = field(default_factory=dict)
+    seen: list[tuple[str, str, str]] = field(default_factory=list)
+    forwarded: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.upstream, timeout=15.0)
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                fake._handle(self.request)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------------ control
+
+    def set(self, op: str, action: Action) -> None:
+        with self.lock:
+            self.actions[op] = action
+
+    def reset_all(self) -> None:
+        with self.lock:
+            self.actions.clear()
+            self.seen.clear()
+            self.forwarded.clear()
+
+    def ops(self) -> list[str]:
+        with self.lock:
+            return [op for op, _, _ in self.seen]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.client.close()
+
+    # ------------------------------------------------------------------ serving
+
+    def _handle(self, sock: socket.socket) -> None:
+        sock.settimeout(MAX_SLOW)
+        try:
+            request = _read_request(sock)
+        except (OSError, ValueError):
+            return
+        if request is None:
+            return
+        method, path, headers, body = request
+        op = op_of(method, path)
+        with self.lock:
+            self.seen.append((op, method, path))
+            action = self.actions.get(op, Action())
+        try:
+            self._answer(sock, op, action, method, path, headers, body)
+        except OSError:
+            pass
+
+    def _forward(
+        self, op: str, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> httpx.Response:
+        keep = {k: v for k, v in headers.items() if k in ("authorization", "accept", "content-type")}
+        with self.lock:
+            self.forwarded.append(op)
+        return self.client.request(method, path, headers=keep, content=body)
+
+    def _answer(
+        self, sock: socket.socket, op: str, action: Action, method: str, path: str,
+        headers: dict[str, str], body: bytes,
+    ) -> None:  # fmt: skip
+        if action.kind == "reset":
+            if action.forward:
+                self._forward(op, method, path, headers, body)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            return
+        if action.kind == "slow":
+            time.sleep(min(action.seconds, MAX_SLOW))
+        if action.kind in ("proxy", "slow", "corrupt") or action.forward:
+            real = self._forward(op, method, path, headers, body)
+            status, ctype, payload = real.status_code, real.headers.get("content-type"), real.content
+            if action.kind == "corrupt":
+                assert action.fn is not None and ctype and "msgpack" in ctype, ctype
+                payload = msgpack.packb(action.fn(msgpack.unpackb(payload)), use_bin_type=True)
+        if action.kind in ("respond", "truncate"):
+            status, ctype, payload = action.status, action.content_type, action.body
+        length = action.claimed if action.kind == "truncate" else len(payload)
+        head = [f"HTTP/1.1 {status} Whatever", f"Content-Length: {length}", "Connection: close"]
+        if ctype is not None:
+            head.append(f"Content-Type: {ctype}")
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+        sock.shutdown(socket.SHUT_WR)
+        sock.close()
+
+
+def _read_request(sock: socket.socket) -> tuple[str, str, dict[str, str], bytes] | None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+        if len(data) > 1 << 20:
+            raise ValueError("head too large")
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ValueError("body cut short")
+        body += chunk
+    return method, path, headers, body[:length]
