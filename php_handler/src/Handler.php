@@ -49,7 +49,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
     ];
 
     /** curl errors of the TLS layer (handshake, certificate, CA file). */
-    private const TLS_ERRORS = [35, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91];
+    private const TLS_ERRORS = [35, 51, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91];
 
     private const SID_PATTERN = '/^[A-Za-z0-9,-]{22,256}$/D';
 
