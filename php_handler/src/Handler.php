@@ -673,12 +673,18 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             if (!\function_exists('msgpack_unpack')) {
                 return [null, 'msgpack', sprintf('its body is msgpack (%d bytes) but ext-msgpack is not loaded', $size)];
             }
+            // php_only=0: a map keyed by nil stays an array. With ext-msgpack's default
+            // (1) it is turned into an object of the class it names (__wakeup and
+            // __destruct run): an answer must never instantiate application classes.
             $prev = \ini_get('msgpack.error_display');
+            $prevPhpOnly = \ini_get('msgpack.php_only');
             ini_set('msgpack.error_display', '0');
+            ini_set('msgpack.php_only', '0');
             try {
                 $value = @msgpack_unpack($raw);
             } finally {
                 ini_set('msgpack.error_display', (string) $prev);
+                ini_set('msgpack.php_only', (string) $prevPhpOnly);
             }
             if (!\is_array($value)) {
                 return [null, 'msgpack', sprintf('its body (%d bytes, %s) is not a msgpack map', $size, $contentType)];

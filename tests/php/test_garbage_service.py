@@ -159,6 +159,12 @@ LOCK_ONLY: dict[str, tuple[Action, str]] = {
         Action("corrupt", fn=drop("data")),
         r'answered HTTP 200 but its body has no "data"',
     ),
+    "lock_data_php_object": (
+        # ext-msgpack's PHP object encoding (a map whose nil key names the class): with
+        # its default msgpack.php_only=1 the handler would instantiate ArrayObject here.
+        Action("corrupt", fn=replace("data", {None: "ArrayObject"})),
+        r'answered HTTP 200 but its "data" is array, not bytes',
+    ),
     "lock_html_after_real_lock": (
         Action("respond", 200, "text/html", HTML, forward=True),
         r'answered HTTP 200 but its Content-Type is "text/html"',
