@@ -26,20 +26,21 @@ from prometheus_client import (
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 from session_service.api import problems
 from session_service.api.auth import TokenAuth
 from session_service.api.background_gc import run_gc_forever
-from session_service.api.codec import decode, encode, int_field, str_field
+from session_service.api.codec import encode
 from session_service.api.lockwait import LockWaiter
 from session_service.api.observability import MetricsMiddleware
-from session_service.api.problems import ApiError
+from session_service.api.sessions import LeanPath, SessionEndpoints
 from session_service.async_store import AsyncSessionStore
 from session_service.errors import StoreUnavailable
-from session_service.ids import SESSION_ID_PATTERN, is_valid_session_id
+from session_service.ids import SESSION_ID_PATTERN
 from session_service.schema import migrate
 from session_service.settings import Settings, read_tokens
-from session_service.store import SessionRecord, SessionStore
+from session_service.store import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -106,20 +107,8 @@ def _responses(ok: int, schema: dict[str, Any] | None, *errors: int) -> dict[int
     return out
 
 
-def _record_payload(record: SessionRecord) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "data": record.data,
-        "version": record.version,
-        "expires_at": record.expires_at,
-    }
-    if record.lock is not None:
-        payload["lock"] = record.lock
-        payload["lease_expires_at_ms"] = record.lease_expires_at_ms
-        payload["new"] = record.new
-    return payload
-
-
-def create_app(settings: Settings | None = None, store: SessionStore | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, store: SessionStore | None = None) -> ASGIApp:
+    """The service as an ASGI app: metrics around the lean /v1/sessions path around FastAPI."""
     settings = settings or Settings()
     auth = TokenAuth(
         read_tokens(settings),
@@ -130,7 +119,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     store = store or SessionStore(settings)
     sessions = AsyncSessionStore(store)
     waiter = LockWaiter(sessions)
-    body_limit = settings.max_data_bytes * 4 // 3 + 4096  # base64 plus the other fields
+    endpoints = SessionEndpoints(settings, auth, sessions, waiter)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -162,42 +151,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         summary="Shared PHP sessions for stateless web nodes",
         lifespan=lifespan,
     )
-    app.add_middleware(MetricsMiddleware)
     problems.install(app)
-    app.state.store = store
-
-    def authorize(request: Request, sid: str) -> str:
-        namespace = auth.namespace(request.headers.get("authorization"))
-        if not is_valid_session_id(sid):
-            raise ApiError(
-                400,
-                "invalid_session_id",
-                "session id must be 22 to 256 characters of [A-Za-z0-9,-]",
-            )
-        return namespace
-
-    async def read_body(request: Request) -> dict[str, Any]:
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise ApiError(400, "malformed_body", "Content-Length is not a number")
-            if int(length) > body_limit:
-                raise ApiError(
-                    413, "too_large", f"body of {length} bytes exceeds the limit for this service"
-                )
-        chunks = bytearray()
-        async for chunk in request.stream():
-            chunks += chunk
-            if len(chunks) > body_limit:
-                raise ApiError(413, "too_large", "body exceeds the limit for this service")
-        return decode(request.headers.get("content-type", ""), bytes(chunks))
-
-    def bounded(value: int | None, default: int, low: int, high: int, name: str) -> int:
-        if value is None:
-            return default
-        if not low <= value <= high:
-            raise ApiError(422, "invalid_request", f"{name} must be between {low} and {high}")
-        return value
 
     @app.get(
         "/v1/sessions/{sid}",
@@ -205,11 +159,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         responses=_responses(200, _RECORD, 404),
     )
     async def read_session(request: Request, sid: SessionId) -> Response:
-        namespace = authorize(request, sid)
-        record = await sessions.read(namespace, sid)
-        if record is None:
-            raise ApiError(404, "not_found", "no live session with this id")
-        return encode(request, _record_payload(record))
+        return await endpoints.read(request, sid)
 
     @app.head(
         "/v1/sessions/{sid}",
@@ -223,9 +173,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         },
     )
     async def session_exists(request: Request, sid: SessionId) -> Response:
-        namespace = authorize(request, sid)
-        found = await sessions.exists(namespace, sid)
-        return Response(status_code=200 if found else 404)
+        return await endpoints.exists(request, sid)
 
     @app.post(
         "/v1/sessions/{sid}/lock",
@@ -238,11 +186,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         wait_ms: Annotated[int | None, Query(description="ms to wait for the holder")] = None,
         lease_ms: Annotated[int | None, Query(description="ms until the lease ends itself")] = None,
     ) -> Response:
-        namespace = authorize(request, sid)
-        wait = bounded(wait_ms, settings.default_wait_ms, 0, settings.max_wait_ms, "wait_ms")
-        lease = bounded(lease_ms, settings.default_lease_ms, 100, settings.max_lease_ms, "lease_ms")
-        record = await waiter.acquire(namespace, sid, wait, lease)
-        return encode(request, _record_payload(record))
+        return await endpoints.lock(request, sid)
 
     @app.put(
         "/v1/sessions/{sid}",
@@ -259,19 +203,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         responses=_responses(200, _WRITE_RESULT, 409, 412, 413, 415),
     )
     async def write_session(request: Request, sid: SessionId) -> Response:
-        namespace = authorize(request, sid)
-        body = await read_body(request)
-        data = body.get("data")
-        if not isinstance(data, bytes):
-            raise ApiError(422, "invalid_request", "data is required")
-        ttl = int_field(body, "ttl", 1, settings.max_ttl, required=True)
-        assert ttl is not None
-        lock = str_field(body, "lock")
-        if_version = int_field(body, "if_version", 0, 2**62, required=False)
-        result = await sessions.write(namespace, sid, data, ttl, lock=lock, if_version=if_version)
-        if lock is not None:
-            waiter.notify(namespace, sid)
-        return encode(request, {"version": result.version, "expires_at": result.expires_at})
+        return await endpoints.write(request, sid)
 
     @app.post(
         "/v1/sessions/{sid}/touch",
@@ -286,17 +218,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         responses=_responses(200, _WRITE_RESULT, 404, 409, 415),
     )
     async def touch_session(request: Request, sid: SessionId) -> Response:
-        namespace = authorize(request, sid)
-        body = await read_body(request)
-        ttl = int_field(body, "ttl", 1, settings.max_ttl, required=True)
-        assert ttl is not None
-        lock = str_field(body, "lock")
-        try:
-            result = await sessions.touch(namespace, sid, ttl, lock=lock)
-        finally:
-            if lock is not None:
-                waiter.notify(namespace, sid)
-        return encode(request, {"version": result.version, "expires_at": result.expires_at})
+        return await endpoints.touch(request, sid)
 
     @app.delete(
         "/v1/sessions/{sid}/lock",
@@ -309,10 +231,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         sid: SessionId,
         lock: Annotated[str, Query(description="the fencing token from lock")],
     ) -> Response:
-        namespace = authorize(request, sid)
-        await sessions.release(namespace, sid, lock)
-        waiter.notify(namespace, sid)
-        return Response(status_code=204)
+        return await endpoints.release(request, sid)
 
     @app.delete(
         "/v1/sessions/{sid}",
@@ -321,10 +240,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         responses=_responses(204, None),
     )
     async def destroy_session(request: Request, sid: SessionId) -> Response:
-        namespace = authorize(request, sid)
-        await sessions.destroy(namespace, sid)
-        waiter.notify(namespace, sid)
-        return Response(status_code=204)
+        return await endpoints.destroy(request, sid)
 
     @app.post(
         "/v1/gc",
@@ -363,7 +279,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
     _document_limits(app, settings)
-    return app
+    return MetricsMiddleware(LeanPath(endpoints, app))
 
 
 def _document_limits(app: FastAPI, settings: Settings) -> None:
@@ -401,6 +317,6 @@ def metrics_registry() -> CollectorRegistry:
     return registry
 
 
-def app_from_environment() -> FastAPI:
+def app_from_environment() -> ASGIApp:
     """Factory for uvicorn workers: settings come from SESSION_* environment variables."""
     return create_app(Settings())

@@ -65,13 +65,16 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return sorted(methods)
 
 
-def install(app: FastAPI) -> None:
+def render(request: Request, error: ApiError) -> Response:
+    """The error body in the format the caller negotiated, with the error's headers."""
     from session_service.api.codec import encode
 
-    def render(request: Request, error: ApiError) -> Response:
-        response = encode(request, {"error": error.code, "detail": error.detail}, error.status)
-        response.headers.update(error.headers)
-        return response
+    response = encode(request, {"error": error.code, "detail": error.detail}, error.status)
+    response.headers.update(error.headers)
+    return response
+
+
+def install(app: FastAPI) -> None:
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
