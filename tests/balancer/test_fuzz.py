@@ -540,6 +540,7 @@ def test_fuzz_malformed_and_adversarial_http(
                 assert r.complete or r.closed_mid_request, (ip, r)
         unknown = set(record.by_ip) - set(answers)
         assert not unknown, f"requests from no known client: {sorted(unknown)[:5]}"
+        cut_off = sum(r.closed_mid_request for rs in record.by_ip.values() for r in rs)
     stats = balancer.stats()
     for _ in range(100):  # the balancer's side of the last connections closes shortly
         if stats["connections"] == 0 and all(b["active"] == 0 for b in stats["backends"]):
@@ -554,7 +555,7 @@ def test_fuzz_malformed_and_adversarial_http(
         f"{count} cases ({len(catalog)} catalogued) in {elapsed:.1f} s; "
         f"balancer RSS start {rss['start']} KiB, "
         f"after {WARMUP} cases {rss.get('warm')} KiB, end {rss['end']} KiB; "
-        f"the backend answered {record.requests} requests; "
+        f"the backend answered {record.requests} requests and had {cut_off} cut off; "
         f"{dict(sorted(outcomes.items()))}"
     )
     print(summary)
