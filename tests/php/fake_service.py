@@ -9,7 +9,8 @@ the wire contract (docs/api.md), either forwards the request to a real service
   lock is taken, the real write applied, then the answer is garbage);
 - ``corrupt``: forward, then rewrite the real msgpack answer with ``fn(dict)``;
 - ``truncate``: a Content-Length larger than the body sent, then close;
-- ``slow``: wait ``seconds`` (bounded), then answer as the proxy would;
+- ``slow``: wait ``seconds`` (bounded), then answer the fixed status/body (or, with
+  ``forward=True``, forward and answer as the proxy would);
 - ``reset``: read the request, then close the connection with a TCP RST.
 
 Every connection is closed after one answer (``Connection: close``), so curl never
@@ -19,6 +20,7 @@ retries a request on a reused connection behind the test's back. ``seen`` record
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import socketserver
@@ -124,15 +126,14 @@ class FakeService:
         with self.lock:
             self.seen.append((op, method, path))
             action = self.actions.get(op, Action())
-        try:
+        with contextlib.suppress(OSError):
             self._answer(sock, op, action, method, path, headers, body)
-        except OSError:
-            pass
 
     def _forward(
         self, op: str, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> httpx.Response:
-        keep = {k: v for k, v in headers.items() if k in ("authorization", "accept", "content-type")}
+        wanted = ("authorization", "accept", "content-type")
+        keep = {k: v for k, v in headers.items() if k in wanted}
         with self.lock:
             self.forwarded.append(op)
         return self.client.request(method, path, headers=keep, content=body)
@@ -149,13 +150,14 @@ class FakeService:
             return
         if action.kind == "slow":
             time.sleep(min(action.seconds, MAX_SLOW))
-        if action.kind in ("proxy", "slow", "corrupt") or action.forward:
+        if action.kind in ("proxy", "corrupt") or action.forward:
             real = self._forward(op, method, path, headers, body)
-            status, ctype, payload = real.status_code, real.headers.get("content-type"), real.content
+            status, ctype = real.status_code, real.headers.get("content-type")
+            payload = real.content
             if action.kind == "corrupt":
                 assert action.fn is not None and ctype and "msgpack" in ctype, ctype
                 payload = msgpack.packb(action.fn(msgpack.unpackb(payload)), use_bin_type=True)
-        if action.kind in ("respond", "truncate"):
+        if action.kind in ("respond", "truncate") or (action.kind == "slow" and not action.forward):
             status, ctype, payload = action.status, action.content_type, action.body
         length = action.claimed if action.kind == "truncate" else len(payload)
         head = [f"HTTP/1.1 {status} Whatever", f"Content-Length: {length}", "Connection: close"]

@@ -128,14 +128,12 @@ CASES: dict[str, tuple[Action, str]] = {
         r'answered HTTP 502 \(no error body: its Content-Type is "text/html"',
     ),
     "503_json": (
-        Action(
-            "respond", 503, "application/json",
-            b'{"error": "unavailable", "detail": "database down"}',
-        ),  # fmt: skip
-        r"answered HTTP 503 unavailable: database down",
+        Action("respond", 503, "application/json", b'{"error": "unavailable", "detail": "down"}'),
+        r"answered HTTP 503 unavailable: down",
     ),
     "slow": (
-        Action("slow", seconds=SLOW),
+        # not forwarded: a late forward would land in the next test
+        Action("slow", 503, "application/json", b'{"error": "unavailable"}', seconds=SLOW),
         r"^service unreachable at URL \(curl error 28: ",
     ),
     "reset": (

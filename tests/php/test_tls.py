@@ -19,7 +19,7 @@ import pytest
 
 from tests.support import ServiceProcess as TlsServiceProcess
 
-from .conftest import REPO, TOKEN, Browser, PhpNode, ServiceProcess
+from .conftest import REPO, TOKEN, Browser, ServiceProcess
 from .test_php_handler import LOG, READ_FAILED, NodeFactory
 
 
@@ -120,9 +120,7 @@ def test_host_name_is_verified(
     node = start_node(url, ca_file=str(certs["cert"]), connect_timeout_ms="2000")
     out = Browser().get(node, "incr")
     assert out["started"] is False
-    node.expect(
-        lock_line(url) + r"\(curl error (60|51): .*(host ?name|subject name).* \(TLS: "
-    )
+    node.expect(lock_line(url) + r"\(curl error (60|51): .*(host ?name|subject name).* \(TLS: ")
     node.expect(READ_FAILED)
 
 
@@ -146,7 +144,7 @@ def test_ca_options_are_checked_at_registration(php_workdir: Path) -> None:
     script = (
         "require 'php_handler/autoload.php';"
         f"foreach ([['ca_file' => '{missing}'], ['ca_path' => '{missing}']] as $o) {{"
-        " try { new SessionService\\Handler($o); echo \"accepted\\n\"; }"
+        ' try { new SessionService\\Handler($o); echo "accepted\\n"; }'
         ' catch (InvalidArgumentException $e) { echo $e->getMessage(), "\\n"; } }'
     )
     out = subprocess.run(
