@@ -7,7 +7,8 @@ the wire contract (docs/api.md), either forwards the request to a real service
 - ``respond``: a fixed status, Content-Type (or none) and body, optionally after
   forwarding the request to the real service first (``forward=True``: the real
   lock is taken, the real write applied, then the answer is garbage);
-- ``corrupt``: forward, then rewrite the real msgpack answer with ``fn(dict)``;
+- ``corrupt``: forward, then rewrite the real msgpack answer with ``fn(dict)``
+  (``as_json=True``: and answer it as JSON, data in base64);
 - ``truncate``: a Content-Length larger than the body sent, then close;
 - ``slow``: wait ``seconds`` (bounded), then answer the fixed status/body (or, with
   ``forward=True``, forward and answer as the proxy would);
@@ -20,7 +21,9 @@ retries a request on a reused connection behind the test's back. ``seen`` record
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import re
 import socket
 import socketserver
@@ -62,6 +65,7 @@ class Action:
     fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     claimed: int = 0  # truncate: the Content-Length announced
     seconds: float = 0.0
+    as_json: bool = False  # corrupt: answer JSON (data base64) instead of msgpack
 
 
 @dataclass
@@ -155,8 +159,15 @@ class FakeService:
             status, ctype = real.status_code, real.headers.get("content-type")
             payload = real.content
             if action.kind == "corrupt":
-                assert action.fn is not None and ctype and "msgpack" in ctype, ctype
-                payload = msgpack.packb(action.fn(msgpack.unpackb(payload)), use_bin_type=True)
+                assert action.fn is not None and ctype, ctype
+                upstream_json = "json" in ctype
+                rec = action.fn(json.loads(payload) if upstream_json else msgpack.unpackb(payload))
+                if action.as_json or upstream_json:
+                    if isinstance(rec.get("data"), bytes):
+                        rec["data"] = base64.b64encode(rec["data"]).decode()
+                    ctype, payload = "application/json", json.dumps(rec).encode()
+                else:
+                    payload = msgpack.packb(rec, use_bin_type=True)
         if action.kind in ("respond", "truncate") or (action.kind == "slow" and not action.forward):
             status, ctype, payload = action.status, action.content_type, action.body
         length = action.claimed if action.kind == "truncate" else len(payload)

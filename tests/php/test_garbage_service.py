@@ -265,3 +265,34 @@ def test_garbage_on_first_url_is_not_retried_on_second(
     node.collect()
     assert not [e for e in node.pending if "trying" in e]
     assert stored(service, b.sid) == before
+
+
+def test_json_answer_to_a_msgpack_request_is_decoded_as_json(
+    node: PhpNode, direct: PhpNode, fake: FakeService, service: ServiceProcess
+) -> None:
+    """The contract allows either format; a JSON answer's data is base64, not raw bytes.
+    (Taking the base64 text as the session made PHP fail to decode it and destroy the
+    stored session.)"""
+    b, before = make_session(direct, service)
+    fake.set("lock", Action("corrupt", fn=lambda rec: rec, as_json=True))
+    assert b.get(node, "incr")["n"] == 3
+    assert stored(service, b.sid) == (before[0] + 1, b"n|i:3;")
+
+
+def test_json_data_that_is_not_base64(
+    start_node: NodeFactory, direct: PhpNode, fake: FakeService, service: ServiceProcess
+) -> None:
+    fake.reset_all()
+    node = start_node(fake.url, format="json", timeout_ms=str(TIMEOUT_MS))
+    b, before = make_session(direct, service)
+    fake.set("lock", Action("corrupt", fn=replace("data", "*not base64*"), as_json=True))
+    out = b.get(node, "incr")
+    assert out["started"] is False
+    node.expect(
+        line_pattern(fake, "lock", r'answered HTTP 200 but its "data" is not valid base64')
+        + r".*the lock was released"
+    )
+    node.expect(READ_FAILED)
+    assert fake.forwarded.count("release") == 1 and "write" not in fake.forwarded
+    assert stored(service, b.sid) == before
+    assert b.get(direct, "incr")["n"] == 3, "the real lock was released"
