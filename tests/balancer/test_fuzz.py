@@ -24,7 +24,8 @@ At the end: no backend connection is stuck inside a request, the balancer has no
 connection and no active request left, and its RSS grew less than RSS_GROWTH_LIMIT_KIB
 between the warm-up and the end.
 
-FUZZ_CASES (default 10000) sets the number of cases.
+FUZZ_CASES (default 10000) sets the number of cases. The cases are the same on every run
+(derandomized); FUZZ_SEED=N explores a different, still reproducible, set.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from tests.balancer.fuzz_support import (
@@ -53,6 +54,7 @@ from tests.balancer.fuzz_support import (
 )
 
 CASES = int(os.environ.get("FUZZ_CASES", "10000"))
+SEED = os.environ.get("FUZZ_SEED")
 WARMUP = min(500, CASES // 4)
 # Growth allowed between the warm-up and the end. What legitimately grows: the
 # allocator's arenas settling, the kernel's socket memory accounted to the process, and
@@ -517,13 +519,16 @@ def test_fuzz_malformed_and_adversarial_http(
     @settings(
         max_examples=CASES,
         deadline=None,
-        derandomize=True,
+        derandomize=SEED is None,
         database=None,
         suppress_health_check=list(HealthCheck),
     )
     @given(case=cases())
     def run(case: Case) -> None:
         run_case(case)
+
+    if SEED is not None:
+        run = seed(int(SEED))(run)
 
     run()
     elapsed = time.monotonic() - started
