@@ -296,3 +296,30 @@ def test_json_data_that_is_not_base64(
     assert fake.forwarded.count("release") == 1 and "write" not in fake.forwarded
     assert stored(service, b.sid) == before
     assert b.get(direct, "incr")["n"] == 3, "the real lock was released"
+
+
+@pytest.mark.parametrize("case", ["html_200", "lock_missing", "truncated", "500_no_body"])
+def test_garbage_under_on_unavailable_empty_never_writes(
+    case: str,
+    start_node: NodeFactory,
+    direct: PhpNode,
+    fake: FakeService,
+    service: ServiceProcess,
+) -> None:
+    """on_unavailable=empty starts an empty session on a garbage answer: it must never
+    be written over the stored one."""
+    fake.reset_all()
+    node = start_node(
+        fake.url, on_unavailable="empty", timeout_ms=str(TIMEOUT_MS), lock_lease_ms="1000"
+    )
+    action, said = {**CASES, **LOCK_ONLY}[case]
+    b, before = make_session(direct, service)
+    fake.set("lock", action)
+    out = b.get(node, "incr")
+    assert out["started"] is True and out["n"] == 1, "an empty session, as documented"
+    node.expect(
+        line_pattern(fake, "lock", said)
+        + r".*; on_unavailable=empty: starting with an empty session"
+    )
+    assert not {"write", "touch", "destroy"} & set(fake.ops()), fake.seen
+    assert stored(service, b.sid) == before
