@@ -6,6 +6,7 @@ with the command that starts it. `make test` starts or installs it first.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from session_service.schema import migrate
 from session_service.settings import Settings
 from session_service.store import SessionStore
 from tests.support import (
+    ISSUED_IDS,
     MARIADB_HOST,
     MARIADB_PORT,
     ServiceProcess,
@@ -24,6 +26,36 @@ from tests.support import (
     mariadb_connect,
     mariadb_url,
 )
+
+#: A raw id where logs must only ever show `{sid}` or a hash prefix.
+RAW_ID_IN_LOG = re.compile(
+    rb"(/v1/sessions/(?!\{sid\})[A-Za-z0-9,-]{22,256})|(PHPSESSID=[A-Za-z0-9,-]{22,})"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_raw_session_id_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole run: no log file the tests' processes wrote (services, PHP nodes,
+    balancers, MariaDB) holds a raw session id, neither one the tests made nor one
+    that PHP generated and a URL or cookie carried."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    ids = [sid.encode() for sid in ISSUED_IDS]
+    found: list[str] = []
+    for path in base.rglob("*"):
+        if not path.is_file() or not ("log" in path.name or path.suffix == ".err"):
+            continue
+        try:
+            data = path.read_bytes()[:50_000_000]
+        except OSError:
+            continue
+        if match := RAW_ID_IN_LOG.search(data):
+            found.append(f"{path}: {match.group(0)[:80]!r}")
+        for sid in ids:
+            if sid in data:
+                found.append(f"{path}: a test's session id")
+                break
+    assert not found, "raw session ids in logs:\n" + "\n".join(found[:20])
 
 
 class FakeClock:

@@ -119,9 +119,16 @@ class ServiceProcess:
         self.proc = None
 
 
+#: Every id handed out by session_id() in this run: the log check at the end of the run
+#: (tests/conftest.py) makes sure none of them appears in any log file.
+ISSUED_IDS: set[str] = set()
+
+
 def session_id() -> str:
     """A fresh id in PHP's alphabet (32 chars, like PHP's default)."""
-    return uuid.uuid4().hex
+    sid = uuid.uuid4().hex
+    ISSUED_IDS.add(sid)
+    return sid
 
 
 def iter_services(services: list[ServiceProcess]) -> Iterator[ServiceProcess]:

@@ -140,3 +140,11 @@ def test_no_raw_session_id_in_service_logs(
     assert log, "the service wrote a log"
     for sid in used:
         assert sid not in log
+
+
+def test_the_end_of_run_log_check_recognises_raw_ids() -> None:
+    from tests.conftest import RAW_ID_IN_LOG
+
+    assert RAW_ID_IN_LOG.search(b"GET http://h/v1/sessions/abcdefghijklmnopqrstuvwxyz/lock 423")
+    assert RAW_ID_IN_LOG.search(b"Cookie: PHPSESSID=abcdefghijklmnopqrstuvwxyz")
+    assert not RAW_ID_IN_LOG.search(b"POST http://h/v1/sessions/{sid}/lock (sid 1a2b3c4d5e6f)")
