@@ -33,6 +33,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 APP_DIR = Path(__file__).resolve().parent / "app"
 PREPEND = REPO / "php_handler" / "prepend.php"
@@ -41,12 +43,6 @@ TOKEN = "secret"
 PHP = shutil.which("php")
 
 pytestmark = [pytest.mark.php, pytest.mark.mariadb]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
