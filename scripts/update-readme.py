@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from session_service.settings import markdown_table  # noqa: E402
+from session_service.settings import markdown_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
