@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httptools
 import msgpack
@@ -74,7 +75,10 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def sessions_for(worker: int, count: int) -> list[str]:
+SESSIONS_PER_WORKER = 50
+
+
+def sessions_for(worker: int, count: int = SESSIONS_PER_WORKER) -> list[str]:
     return [f"{uuid.uuid4().hex}w{worker}" for _ in range(count)]
 
 
@@ -88,6 +92,8 @@ def run_threads(
 
     def worker(index: int) -> None:
         cycle, sink = cycles_per_worker[index], latencies[index]
+        for _ in range(SESSIONS_PER_WORKER):  # prime: every session exists before timing
+            cycle()
         start_barrier.wait()
         while not stop.is_set():
             began = time.perf_counter()
@@ -113,7 +119,7 @@ def run_threads(
 
 def store_cycle(store: SessionStore) -> Callable[[int], Callable[[], None]]:
     def make(worker: int) -> Callable[[], None]:
-        sids = sessions_for(worker, 50)
+        sids = sessions_for(worker)
         state = [0]
 
         def cycle() -> None:
@@ -129,57 +135,62 @@ def store_cycle(store: SessionStore) -> Callable[[int], Callable[[], None]]:
 
 # -- (c) raw PyMySQL, the store's statements ---------------------------------------------
 
-READ_SQL = (
-    "SELECT lock_token, lock_expires, version, expires_at, write_id, data FROM sessions "
-    "WHERE namespace = %s AND id_hash = %s"
-)
-TAKE_SQL = (
-    "UPDATE sessions SET lock_token = %s, lock_expires = %s WHERE namespace = %s AND id_hash = %s "
-    "AND version = %s AND write_id <=> %s AND (lock_token IS NULL OR lock_expires <= %s)"
-)
-INSERT_SQL = (
-    "INSERT INTO sessions (namespace, id_hash, data, version, expires_at, lock_token, "
-    "lock_expires, write_id, created_at, updated_at) "
-    "VALUES (%s, %s, '', 0, %s, %s, %s, NULL, %s, %s)"
-)
-WRITE_SQL = (
-    "UPDATE sessions SET data = %s, version = LAST_INSERT_ID(version + 1), expires_at = %s, "
-    "lock_token = NULL, lock_expires = NULL, updated_at = %s, write_id = %s "
-    "WHERE namespace = %s AND id_hash = %s AND lock_token = %s"
-)
-
 
 def connect(database: str, autocommit: bool) -> pymysql.Connection:  # type: ignore[type-arg]
     return pymysql.connect(host="127.0.0.1", user="root", database=database, autocommit=autocommit)
 
 
-def raw_same_cycle(database: str) -> Callable[[int], Callable[[], None]]:
+def raw_same_cycle(database: str, store: SessionStore) -> Callable[[int], Callable[[], None]]:
+    """The store's own SQL (compiled once by SQLAlchemy for this server), sent with a
+    plain PyMySQL cursor: what the store costs without SQLAlchemy's execution layer."""
     import hashlib
+
+    from session_service.async_store import _Compiled
+
+    with store.engine.connect():  # the dialect learns the server (INSERT ... RETURNING?)
+        pass
+    dialect = store.engine.dialect
+    upsert = dialect.insert_returning
+    lock_upsert = _Compiled(store.sql.lock_upsert, dialect) if upsert else None
+    lock_read = _Compiled(store.sql.lock_read, dialect)
+    lock_insert = _Compiled(store.sql.lock_insert, dialect)
+    lock_take = _Compiled(store.sql.lock_take, dialect)
+    write = _Compiled(store.sql.write_fenced, dialect)
 
     def make(worker: int) -> Callable[[], None]:
         conn = connect(database, autocommit=True)
         conn.cursor().execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        hashes = [hashlib.sha256(s.encode()).digest() for s in sessions_for(worker, 50)]
+        hashes = [hashlib.sha256(s.encode()).digest() for s in sessions_for(worker)]
         state = [0]
+
+        def lock(cur: Any, p: dict[str, Any]) -> bytes:
+            if lock_upsert is not None:
+                cur.execute(lock_upsert.sql, lock_upsert.arguments(p))
+                row = cur.fetchone()
+                assert row[0] == p["token"], "bench sessions are never contended"
+                return bytes(row[4]) if row[2] else b""
+            cur.execute(lock_read.sql, lock_read.arguments(p))
+            row = cur.fetchone()
+            if row is None:
+                cur.execute(lock_insert.sql, lock_insert.arguments(p))
+                return b""
+            p.update(seen_version=row[2], seen_wid=row[4])
+            cur.execute(lock_take.sql, lock_take.arguments(p))
+            assert cur.rowcount == 1
+            return bytes(row[5]) if row[2] else b""
 
         def cycle() -> None:
             h = hashes[state[0] % len(hashes)]
             state[0] += 1
             now = int(time.time() * 1000)
-            token = os.urandom(16)
+            p: dict[str, Any] = {"ns": "raw", "h": h, "now": now, "token": os.urandom(16)}
+            p.update(lease_end=now + 30_000, expires=now + 30_000, payload=b"", new_version=0)
+            p["wid"] = None
             with conn.cursor() as cur:
-                cur.execute(READ_SQL, ("raw", h))
-                row = cur.fetchone()
-                data = incremented(row[5] if row is not None else None)
-                if row is None:
-                    cur.execute(INSERT_SQL, ("raw", h, now + 30_000, token, now + 30_000, now, now))
-                else:
-                    cur.execute(TAKE_SQL, (token, now + 30_000, "raw", h, row[2], row[4], now))
-                    assert cur.rowcount == 1
-                cur.execute(
-                    WRITE_SQL,
-                    (data, now + TTL * 1000, now, os.urandom(16), "raw", h, token),
-                )
+                data = incremented(lock(cur, p))
+                p.update(held=p["token"], payload=data, expires=now + TTL * 1000)
+                p.update(wid=os.urandom(16), token=None, lease_end=None)
+                cur.execute(write.sql, write.arguments(p))
                 assert cur.rowcount == 1
 
         return cycle
@@ -193,7 +204,7 @@ def raw_same_cycle(database: str) -> Callable[[int], Callable[[], None]]:
 def classic_cycle(database: str) -> Callable[[int], Callable[[], None]]:
     def make(worker: int) -> Callable[[], None]:
         conn = connect(database, autocommit=False)
-        sids = sessions_for(worker, 50)
+        sids = sessions_for(worker)
         state = [0]
 
         def cycle() -> None:
@@ -251,10 +262,16 @@ class _Response:
 
 
 async def _http_worker(
-    port: int, token: str, worker: int, stop_at: list[float], sink: list[float], counter: list[int]
+    port: int,
+    token: str,
+    worker: int,
+    start: asyncio.Barrier,
+    stop_at: list[float],
+    sink: list[float],
+    counter: list[int],
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    sids = sessions_for(worker, 50)
+    sids = sessions_for(worker)
     auth = f"Authorization: Bearer {token}\r\n"
 
     async def request(head: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -268,11 +285,7 @@ async def _http_worker(
             parser.feed_data(chunk)
         return parser.get_status_code(), bytes(response.body)
 
-    i = 0
-    while time.perf_counter() < stop_at[0]:
-        sid = sids[i % len(sids)]
-        i += 1
-        began = time.perf_counter()
+    async def cycle(sid: str) -> None:
         status, body = await request(
             f"POST /v1/sessions/{sid}/lock?wait_ms=10000 HTTP/1.1\r\nHost: b\r\n{auth}"
             "Accept: application/msgpack\r\nContent-Length: 0\r\n\r\n"
@@ -289,6 +302,15 @@ async def _http_worker(
             payload,
         )
         assert status == 200, (status, body[:200])
+
+    for sid in sids:  # prime: every session exists before timing
+        await cycle(sid)
+    await start.wait()
+    i = 0
+    while time.perf_counter() < stop_at[0]:
+        began = time.perf_counter()
+        await cycle(sids[i % len(sids)])
+        i += 1
         sink.append(time.perf_counter() - began)
         counter[0] += 1
     writer.close()
@@ -298,11 +320,18 @@ def run_http(port: int, token: str, concurrency: int, duration: float) -> Result
     async def main() -> Result:
         sinks: list[list[float]] = [[] for _ in range(concurrency)]
         counter = [0]
-        stop_at = [time.perf_counter() + duration]
-        began = time.perf_counter()
-        await asyncio.gather(
-            *(_http_worker(port, token, i, stop_at, sinks[i], counter) for i in range(concurrency))
+        stop_at = [0.0]
+        start = asyncio.Barrier(concurrency + 1)
+        workers = asyncio.gather(
+            *(
+                _http_worker(port, token, i, start, stop_at, sinks[i], counter)
+                for i in range(concurrency)
+            )
         )
+        await start.wait()
+        began = time.perf_counter()
+        stop_at[0] = began + duration
+        await workers
         elapsed = time.perf_counter() - began
         return Result(
             "(a) HTTP service", concurrency, counter[0], elapsed, [x for s in sinks for x in s]
@@ -388,7 +417,10 @@ def main() -> None:
             if "c" in args.only:
                 row.append(
                     run_threads(
-                        "(c) PyMySQL store SQL", level, args.duration, raw_same_cycle(database)
+                        "(c) PyMySQL store SQL",
+                        level,
+                        args.duration,
+                        raw_same_cycle(database, store),
                     )
                 )
             if "b" in args.only:

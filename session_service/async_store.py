@@ -117,6 +117,8 @@ class GreenConnection:
     def __init__(self, raw: Any, runner: AsyncMySQLRunner) -> None:
         self.raw = raw
         self.runner = runner
+        #: what the store asks about the server (insert_returning picks the lock statement)
+        self.dialect = runner.dialect
 
     def execute(self, statement: Any, params: dict[str, Any] | None = None) -> Outcome:
         compiled = self.runner.compiled(statement)
@@ -190,6 +192,8 @@ class AsyncMySQLRunner:
     async def _acquire(self) -> Any:
         if self._pool is None:
             async with self._pool_lock:
+                if self.dialect.server_version_info is None:
+                    await self._learn_server()
                 if self._pool is None:
                     self._pool = await asyncmy.create_pool(
                         minsize=0, maxsize=self._pool_size, pool_recycle=3600, **self._connect_args
@@ -214,6 +218,17 @@ class AsyncMySQLRunner:
                 raw._session_service_ready = True
             return raw
         raise my_errors.OperationalError(2013, "no live connection in the pool")
+
+    async def _learn_server(self) -> None:
+        """Let SQLAlchemy's dialect learn the server (MariaDB or MySQL, which version) from
+        one synchronous connection, as the engine does on its first connect: what it
+        learns decides the SQL it compiles, e.g. whether INSERT ... RETURNING exists."""
+        from starlette.concurrency import run_in_threadpool
+
+        def connect_once() -> None:
+            self.store.engine.connect().close()
+
+        await run_in_threadpool(connect_once)  # a DBAPIError is retried by run()
 
     async def _release(self, raw: Any) -> None:
         if getattr(raw, "_session_service_broken", False):

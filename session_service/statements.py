@@ -62,7 +62,14 @@ _WRITE_VALUES = {
 
 @dataclass(frozen=True)
 class Statements:
-    """The statements for one dialect. `returning` is True where UPDATE ... RETURNING exists."""
+    """The statements for one dialect. `returning` is True where UPDATE ... RETURNING exists.
+
+    `lock_upsert` takes a free lease (creating the row of a new session) and reads the
+    session back in one statement. On MySQL/MariaDB it needs INSERT ... RETURNING,
+    which MariaDB has from 10.5 and MySQL lacks: the store uses it when the connected
+    server can run it (`dialect.insert_returning`) and falls back to `lock_read` +
+    `lock_take` (two round trips) otherwise.
+    """
 
     returning: bool
     read: Any
@@ -94,6 +101,17 @@ def _bump_version(where: ColumnElement[bool], values: dict[str, Any], mysql: boo
     return update(t).where(where).values(version=t.c.version + 1, **values).returning(t.c.version)
 
 
+def _lock_returning(token: Any) -> tuple[Any, ...]:
+    """What a lock upsert reports: the lease as it now stands, and the data if it is ours."""
+    return (
+        t.c.lock_token,
+        t.c.lock_expires,
+        t.c.version,
+        t.c.expires_at,
+        case((t.c.lock_token == token, t.c.data), else_=None),
+    )
+
+
 def build(dialect_name: str) -> Statements:
     mysql = dialect_name in ("mysql", "mariadb")
     token: Any = bindparam("token")
@@ -107,7 +125,22 @@ def build(dialect_name: str) -> Statements:
             updated_at=ins.inserted.updated_at,
             write_id=ins.inserted.write_id,
         )
-        lock_upsert = None
+        # MySQL applies ON DUPLICATE KEY UPDATE assignments left to right (each sees
+        # the ones before it), MariaDB with SIMULTANEOUS_ASSIGNMENT all at once. These
+        # two give the same result either way: lock_expires follows a lock_token that
+        # is (now, or already) ours, or a lease that was free before the statement.
+        lock_upsert = ins.on_duplicate_key_update(
+            [
+                ("lock_token", case((LEASE_FREE, token), else_=t.c.lock_token)),
+                (
+                    "lock_expires",
+                    case(
+                        (or_(t.c.lock_token == token, LEASE_FREE), bindparam("lease_end")),
+                        else_=t.c.lock_expires,
+                    ),
+                ),
+            ]
+        ).returning(*_lock_returning(token))
     else:
         sins = sqlite_insert(t).values(**NEW_ROW)
         upsert = sins.on_conflict_do_update(
@@ -129,13 +162,7 @@ def build(dialect_name: str) -> Statements:
                     (LEASE_FREE, sins.excluded.lock_expires), else_=t.c.lock_expires
                 ),
             },
-        ).returning(
-            t.c.lock_token,
-            t.c.lock_expires,
-            t.c.version,
-            t.c.expires_at,
-            case((t.c.lock_token == token, t.c.data), else_=None),
-        )
+        ).returning(*_lock_returning(token))
 
     unlock = {"lock_token": None, "lock_expires": None}
     return Statements(

@@ -113,6 +113,9 @@ class SessionStore:
         self.sql = statements.build(self.engine.dialect.name)
         self._clock = clock
         self.retry = RetryPolicy(self.settings.db_retry_seconds, self.settings.db_fail_fast_seconds)
+        #: lock with one INSERT ... RETURNING where the server has it (None: ask the
+        #: server); False forces MySQL's two-statement path, which the tests also cover
+        self.lock_upsert: bool | None = None
         self.replicas: ReplicaSet | None = None
         if self.settings.db_replica_urls:
             self.replicas = ReplicaSet(self.settings, self.engine)
@@ -227,15 +230,23 @@ class SessionStore:
             wid=None,
         )
         params["expires"] = params["lease_end"]
-        operation = self._lock_upsert if self.sql.lock_upsert is not None else self._lock_read_take
-        return self._run(lambda conn: operation(conn, params))
+        return self._run(lambda conn: self._lock_once(conn, params))
+
+    def _lock_once(self, conn: Connection, p: Params) -> LockAttempt:
+        """One round trip where the server has INSERT ... RETURNING (SQLite, MariaDB 10.5+);
+        a read and a conditional update where it does not (MySQL)."""
+        upsert = self.lock_upsert
+        if upsert is None:
+            upsert = self.sql.returning or conn.dialect.insert_returning
+        if upsert:
+            return self._lock_upsert(conn, p)
+        return self._lock_read_take(conn, p)
 
     def _lock_read_take(self, conn: Connection, p: Params) -> LockAttempt:
         """Read, then take the lease only if nothing changed since (version and write id).
 
-        A waiter's poll costs one indexed read; taking a free lease, one read and one
-        single-row update. Not INSERT ... ON DUPLICATE KEY UPDATE: InnoDB takes
-        next-key locks for it even under READ COMMITTED, and concurrent ones deadlock.
+        For servers without INSERT ... RETURNING (MySQL): a waiter's poll costs one
+        indexed read; taking a free lease, one read and one single-row update.
         """
         now = p["now"]
         row = conn.execute(self.sql.lock_read, p).first()
@@ -263,6 +274,7 @@ class SessionStore:
         )
 
     def _lock_upsert(self, conn: Connection, p: Params) -> LockAttempt:
+        """Insert the placeholder row or take a free lease, and read it all back, at once."""
         row = conn.execute(self.sql.lock_upsert, p).one()
         if row[0] != p["token"]:
             return LockAttempt(None, int(row[1] or p["now"]))

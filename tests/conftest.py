@@ -99,9 +99,10 @@ def _mariadb_url(mariadb_database: str) -> str:
     return mariadb_url(mariadb_database)
 
 
-@pytest.fixture(params=["sqlite", "mariadb"])
+@pytest.fixture(params=["sqlite", "mariadb", "mariadb-two-step-lock"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each store test runs on both backends."""
+    """Each store test runs on both backends, and on MariaDB also with the lock path the
+    store takes on MySQL (no INSERT ... RETURNING: a read, then a conditional update)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'sessions.db'}"
     url: str = request.getfixturevalue("mariadb_url")
@@ -114,12 +115,17 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def make_store(db_url: str) -> Iterator[Callable[..., SessionStore]]:
+def make_store(
+    db_url: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., SessionStore]]:
     stores: list[SessionStore] = []
+    two_step_lock = request.node.callspec.params.get("db_url") == "mariadb-two-step-lock"
 
     def factory(clock: Callable[[], float] | None = None, **overrides: object) -> SessionStore:
         settings = Settings(db_url=db_url, **overrides)  # type: ignore[arg-type]
         store = SessionStore(settings, clock=clock) if clock else SessionStore(settings)
+        if two_step_lock:
+            store.lock_upsert = False
         migrate(store.engine)
         stores.append(store)
         return store

@@ -267,3 +267,33 @@ def test_concurrent_locked_increments_are_exact(make_store: Callable[..., Sessio
     assert not errors
     record = store.read(NS, sid)
     assert record is not None and record.data == b"40" and record.version == 40
+
+
+def test_round_trips_per_lock_and_write(
+    store: SessionStore, request: pytest.FixtureRequest
+) -> None:
+    """The hot path's statement count: one statement to lock (two on a server without
+    INSERT ... RETURNING, the MySQL path) and one to write, for new and existing sessions."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]).split(None, 1)[0])
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        sid = session_id()
+        for _ in range(2):  # a new session, then an existing one
+            statements.clear()
+            record = store.lock(NS, sid, wait_ms=0, lease_ms=5000)
+            locked = list(statements)
+            statements.clear()
+            store.write(NS, sid, b"x", 1440, lock=record.lock)
+            assert statements == ["UPDATE"]
+            if request.node.callspec.params["db_url"] == "mariadb-two-step-lock":
+                assert locked in (["SELECT", "INSERT"], ["SELECT", "UPDATE"])
+            else:
+                assert locked == ["INSERT"], "one INSERT ... RETURNING takes the lease"
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
