@@ -159,7 +159,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         responses=_responses(200, _RECORD, 404),
     )
     async def read_session(request: Request, sid: SessionId) -> Response:
-        return await endpoints.read(request, sid)
+        return await endpoints.serve_request(request, sid, endpoints.read)
 
     @app.head(
         "/v1/sessions/{sid}",
@@ -173,7 +173,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         },
     )
     async def session_exists(request: Request, sid: SessionId) -> Response:
-        return await endpoints.exists(request, sid)
+        return await endpoints.serve_request(request, sid, endpoints.exists)
 
     @app.post(
         "/v1/sessions/{sid}/lock",
@@ -186,7 +186,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         wait_ms: Annotated[int | None, Query(description="ms to wait for the holder")] = None,
         lease_ms: Annotated[int | None, Query(description="ms until the lease ends itself")] = None,
     ) -> Response:
-        return await endpoints.lock(request, sid)
+        return await endpoints.serve_request(request, sid, endpoints.lock)
 
     @app.put(
         "/v1/sessions/{sid}",
@@ -203,7 +203,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         responses=_responses(200, _WRITE_RESULT, 409, 412, 413, 415),
     )
     async def write_session(request: Request, sid: SessionId) -> Response:
-        return await endpoints.write(request, sid)
+        return await endpoints.serve_request(request, sid, endpoints.write)
 
     @app.post(
         "/v1/sessions/{sid}/touch",
@@ -218,7 +218,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         responses=_responses(200, _WRITE_RESULT, 404, 409, 415),
     )
     async def touch_session(request: Request, sid: SessionId) -> Response:
-        return await endpoints.touch(request, sid)
+        return await endpoints.serve_request(request, sid, endpoints.touch)
 
     @app.delete(
         "/v1/sessions/{sid}/lock",
@@ -231,7 +231,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         sid: SessionId,
         lock: Annotated[str, Query(description="the fencing token from lock")],
     ) -> Response:
-        return await endpoints.release(request, sid)
+        return await endpoints.serve_request(request, sid, endpoints.release)
 
     @app.delete(
         "/v1/sessions/{sid}",
@@ -240,7 +240,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         responses=_responses(204, None),
     )
     async def destroy_session(request: Request, sid: SessionId) -> Response:
-        return await endpoints.destroy(request, sid)
+        return await endpoints.serve_request(request, sid, endpoints.destroy)
 
     @app.post(
         "/v1/gc",
@@ -279,7 +279,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
     _document_limits(app, settings)
-    return MetricsMiddleware(LeanPath(endpoints, app))
+    return LeanPath(endpoints, MetricsMiddleware(app))
 
 
 def _document_limits(app: FastAPI, settings: Settings) -> None:

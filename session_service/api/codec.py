@@ -21,29 +21,31 @@ MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vn
 JSON_TYPE = "application/json"
 
 
-def wants_msgpack(request: Request) -> bool:
-    accept = request.headers.get("accept")
+def prefers_msgpack(accept: str | None, content_type: str | None) -> bool:
+    """msgpack when Accept asks for it, or, with no Accept, when the request was msgpack."""
     if accept and accept != "*/*":
         return any(kind in accept for kind in MSGPACK_TYPES)
-    return request.headers.get("content-type", "").startswith(MSGPACK_TYPES)
+    return (content_type or "").startswith(MSGPACK_TYPES)
 
 
-def encode(request: Request, payload: dict[str, Any], status: int = 200) -> Response:
-    if wants_msgpack(request):
-        return Response(
-            msgpack.packb(payload, use_bin_type=True),
-            status_code=status,
-            media_type="application/msgpack",
-        )
+def encode_body(payload: dict[str, Any], msgpack_body: bool) -> tuple[bytes, str]:
+    """The response body and its media type."""
+    if msgpack_body:
+        return msgpack.packb(payload, use_bin_type=True), MSGPACK_TYPES[0]
     body = {
         key: base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
         for key, value in payload.items()
     }
-    return Response(
-        json.dumps(body, separators=(",", ":")).encode(),
-        status_code=status,
-        media_type=JSON_TYPE,
+    return json.dumps(body, separators=(",", ":")).encode(), JSON_TYPE
+
+
+def encode(request: Request, payload: dict[str, Any], status: int = 200) -> Response:
+    """A Starlette response (the FastAPI routes' form of encode_body)."""
+    msgpack_body = prefers_msgpack(
+        request.headers.get("accept"), request.headers.get("content-type")
     )
+    body, media_type = encode_body(payload, msgpack_body)
+    return Response(body, status_code=status, media_type=media_type)
 
 
 def decode(content_type: str, body: bytes) -> dict[str, Any]:

@@ -1,29 +1,32 @@
 """The /v1/sessions endpoints, and the lean path that serves them.
 
 Each endpoint is one method here. The FastAPI app registers them as routes (that
-is where the OpenAPI document and its validation come from), but requests for
-`/v1/sessions/...` are dispatched straight to these methods by `dispatch()`,
-without FastAPI's routing, dependency solving and middleware stack: on a lock +
-write cycle that machinery cost as much CPU as the database work (measured with
-/proc CPU counters, see docs/design.md "Hot path"). Anything `dispatch()` does
-not recognise goes on to FastAPI, which answers it (404, 405 with Allow, ...).
+is where the OpenAPI document comes from), but requests for `/v1/sessions/...`
+are served by `LeanPath` straight from the ASGI scope: no routing table, no
+dependency solving, no middleware stack, no Request/Response objects, and the
+metrics recorded inline. On a lock + write cycle that machinery cost more CPU than
+the database work (measured with /proc CPU counters, see docs/design.md "Hot
+path"). Anything the lean path does not recognise goes on to FastAPI, which
+answers it (404, 405 with Allow, ...).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from session_service import metrics
 from session_service.api.auth import TokenAuth
-from session_service.api.codec import decode, encode, int_field, str_field
+from session_service.api.codec import decode, encode_body, int_field, prefers_msgpack, str_field
 from session_service.api.lockwait import LockWaiter
-from session_service.api.problems import ApiError, from_store_error, render
+from session_service.api.problems import ApiError, from_store_error
 from session_service.async_store import AsyncSessionStore
 from session_service.errors import StoreError
 from session_service.ids import is_valid_session_id
@@ -32,19 +35,110 @@ from session_service.store import SessionRecord
 
 log = logging.getLogger(__name__)
 PREFIX = "/v1/sessions/"
-Endpoint = Callable[[Request, str], Awaitable[Response]]
+
+#: route templates, as the metrics label them
+SESSION = "/v1/sessions/{sid}"
+LOCK = "/v1/sessions/{sid}/lock"
+TOUCH = "/v1/sessions/{sid}/touch"
 
 
-@dataclass(frozen=True, slots=True)
-class RouteName:
-    """What the metrics middleware reads from scope["route"] (its path template)."""
+class Call:
+    """One /v1/sessions request: the few headers the endpoints use, read in one pass."""
 
-    path: str
+    __slots__ = (
+        "_query",
+        "accept",
+        "authorization",
+        "content_length",
+        "content_type",
+        "method",
+        "query_string",
+        "receive",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.method: str = scope["method"]
+        self.receive = receive
+        self.query_string: bytes = scope.get("query_string", b"")
+        self._query: dict[str, str] | None = None
+        found: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:  # names are lower case in ASGI
+            if name in _WANTED and name not in found:  # the first one counts
+                found[name] = value
+        self.authorization = _text(found.get(b"authorization"))
+        self.content_type = _text(found.get(b"content-type"))
+        self.accept = _text(found.get(b"accept"))
+        self.content_length = _text(found.get(b"content-length"))
+
+    def query(self, name: str) -> str | None:
+        if self._query is None:
+            pairs = parse_qsl(self.query_string.decode("latin-1"), keep_blank_values=True)
+            self._query = {}
+            for key, value in pairs:
+                self._query.setdefault(key, value)
+        return self._query.get(name)
+
+    @property
+    def msgpack(self) -> bool:
+        return prefers_msgpack(self.accept, self.content_type)
 
 
-SESSION = RouteName("/v1/sessions/{sid}")
-LOCK = RouteName("/v1/sessions/{sid}/lock")
-TOUCH = RouteName("/v1/sessions/{sid}/touch")
+_WANTED = frozenset((b"authorization", b"content-type", b"accept", b"content-length"))
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+class Reply:
+    """A whole response: status, body, media type and any extra headers."""
+
+    __slots__ = ("body", "headers", "media_type", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"",
+        media_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.media_type = media_type
+        self.headers = headers
+
+    @classmethod
+    def encoded(cls, call: Call, payload: dict[str, Any], status: int = 200) -> Reply:
+        body, media_type = encode_body(payload, call.msgpack)
+        return cls(status, body, media_type)
+
+    @classmethod
+    def problem(cls, call: Call, error: ApiError) -> Reply:
+        reply = cls.encoded(call, {"error": error.code, "detail": error.detail}, error.status)
+        reply.headers = error.headers or None
+        return reply
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = []
+        if self.status != 204:
+            headers.append((b"content-length", b"%d" % len(self.body)))
+        if self.media_type is not None:
+            headers.append((b"content-type", self.media_type.encode("latin-1")))
+        for name, value in (self.headers or {}).items():
+            headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        return headers
+
+    async def send(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status, "headers": self.raw_headers()}
+        )
+        await send({"type": "http.response.body", "body": self.body})
+
+    def response(self) -> Response:
+        """The same reply as a Starlette response (for the FastAPI routes)."""
+        return Response(
+            self.body, status_code=self.status, media_type=self.media_type, headers=self.headers
+        )
 
 
 def record_payload(record: SessionRecord) -> dict[str, Any]:
@@ -60,6 +154,9 @@ def record_payload(record: SessionRecord) -> dict[str, Any]:
     return payload
 
 
+Endpoint = Callable[[Call, str], Awaitable[Reply]]
+
+
 class SessionEndpoints:
     def __init__(
         self, settings: Settings, auth: TokenAuth, sessions: AsyncSessionStore, waiter: LockWaiter
@@ -70,7 +167,7 @@ class SessionEndpoints:
         self.waiter = waiter
         self.body_limit = settings.max_data_bytes * 4 // 3 + 4096  # base64 plus the other fields
         #: (what follows the id, method) -> (endpoint, route template for metrics)
-        self.routes: dict[tuple[str, str], tuple[Endpoint, RouteName]] = {
+        self.routes: dict[tuple[str, str], tuple[Endpoint, str]] = {
             ("", "GET"): (self.read, SESSION),
             ("", "HEAD"): (self.exists, SESSION),
             ("", "PUT"): (self.write, SESSION),
@@ -80,35 +177,27 @@ class SessionEndpoints:
             ("touch", "POST"): (self.touch, TOUCH),
         }
 
-    # -- the lean path -------------------------------------------------------------------
-
-    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Serve a /v1/sessions request; False when it is not one of ours (FastAPI's turn)."""
-        path: str = scope["path"]
-        if not path.startswith(PREFIX):
-            return False
-        sid, _, action = path[len(PREFIX) :].partition("/")
-        route = self.routes.get((action, scope["method"]))
-        if route is None or not sid:
-            return False
-        endpoint, scope["route"] = route
-        request = Request(scope, receive)
+    async def serve(self, call: Call, endpoint: Endpoint, sid: str, route: str) -> Reply:
+        """Run one endpoint; every failure becomes an error reply, never an exception."""
         try:
-            response = await endpoint(request, sid)
+            return await endpoint(call, sid)
         except ApiError as error:
-            response = render(request, error)
+            return Reply.problem(call, error)
         except StoreError as error:
-            response = render(request, from_store_error(error))
+            return Reply.problem(call, from_store_error(error))
         except Exception:
-            log.exception("unexpected error on %s %s", scope["method"], scope["route"].path)
-            response = render(request, ApiError(500, "internal", "internal error; see the log"))
-        await response(scope, receive, send)
-        return True
+            log.exception("unexpected error on %s %s", call.method, route)
+            return Reply.problem(call, ApiError(500, "internal", "internal error; see the log"))
+
+    async def serve_request(self, request: Request, sid: str, endpoint: Endpoint) -> Response:
+        """For the FastAPI routes (normally unreached: the lean path answers first)."""
+        call = Call(request.scope, request.receive)
+        return (await self.serve(call, endpoint, sid, request.url.path)).response()
 
     # -- helpers -------------------------------------------------------------------------
 
-    def authorize(self, request: Request, sid: str) -> str:
-        namespace = self.auth.namespace(request.headers.get("authorization"))
+    def authorize(self, call: Call, sid: str) -> str:
+        namespace = self.auth.namespace(call.authorization)
         if not is_valid_session_id(sid):
             raise ApiError(
                 400,
@@ -117,8 +206,8 @@ class SessionEndpoints:
             )
         return namespace
 
-    async def read_body(self, request: Request) -> dict[str, Any]:
-        length = request.headers.get("content-length")
+    async def read_body(self, call: Call) -> dict[str, Any]:
+        length = call.content_length
         if length is not None:
             if not length.isdigit():
                 raise ApiError(400, "malformed_body", "Content-Length is not a number")
@@ -126,16 +215,21 @@ class SessionEndpoints:
                 raise ApiError(
                     413, "too_large", f"body of {length} bytes exceeds the limit for this service"
                 )
-        chunks = bytearray()
-        async for chunk in request.stream():
-            chunks += chunk
+        chunks = b""
+        while True:
+            message = await call.receive()
+            if message["type"] == "http.disconnect":
+                raise ApiError(400, "malformed_body", "the client went away mid-body")
+            chunks += message.get("body", b"")
             if len(chunks) > self.body_limit:
                 raise ApiError(413, "too_large", "body exceeds the limit for this service")
-        return decode(request.headers.get("content-type", ""), bytes(chunks))
+            if not message.get("more_body", False):
+                break
+        return decode(call.content_type or "", chunks)
 
     @staticmethod
-    def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
-        raw = request.query_params.get(name)
+    def query_int(call: Call, name: str, default: int, low: int, high: int) -> int:
+        raw = call.query(name)
         if raw is None:
             return default
         try:
@@ -150,29 +244,29 @@ class SessionEndpoints:
 
     # -- the endpoints -------------------------------------------------------------------
 
-    async def read(self, request: Request, sid: str) -> Response:
-        namespace = self.authorize(request, sid)
+    async def read(self, call: Call, sid: str) -> Reply:
+        namespace = self.authorize(call, sid)
         record = await self.sessions.read(namespace, sid)
         if record is None:
             raise ApiError(404, "not_found", "no live session with this id")
-        return encode(request, record_payload(record))
+        return Reply.encoded(call, record_payload(record))
 
-    async def exists(self, request: Request, sid: str) -> Response:
-        namespace = self.authorize(request, sid)
+    async def exists(self, call: Call, sid: str) -> Reply:
+        namespace = self.authorize(call, sid)
         found = await self.sessions.exists(namespace, sid)
-        return Response(status_code=200 if found else 404)
+        return Reply(200 if found else 404)
 
-    async def lock(self, request: Request, sid: str) -> Response:
-        namespace = self.authorize(request, sid)
+    async def lock(self, call: Call, sid: str) -> Reply:
+        namespace = self.authorize(call, sid)
         s = self.settings
-        wait = self.query_int(request, "wait_ms", s.default_wait_ms, 0, s.max_wait_ms)
-        lease = self.query_int(request, "lease_ms", s.default_lease_ms, 100, s.max_lease_ms)
+        wait = self.query_int(call, "wait_ms", s.default_wait_ms, 0, s.max_wait_ms)
+        lease = self.query_int(call, "lease_ms", s.default_lease_ms, 100, s.max_lease_ms)
         record = await self.waiter.acquire(namespace, sid, wait, lease)
-        return encode(request, record_payload(record))
+        return Reply.encoded(call, record_payload(record))
 
-    async def write(self, request: Request, sid: str) -> Response:
-        namespace = self.authorize(request, sid)
-        body = await self.read_body(request)
+    async def write(self, call: Call, sid: str) -> Reply:
+        namespace = self.authorize(call, sid)
+        body = await self.read_body(call)
         data = body.get("data")
         if not isinstance(data, bytes):
             raise ApiError(422, "invalid_request", "data is required")
@@ -185,11 +279,11 @@ class SessionEndpoints:
         )
         if lock is not None:
             self.waiter.notify(namespace, sid)
-        return encode(request, {"version": result.version, "expires_at": result.expires_at})
+        return Reply.encoded(call, {"version": result.version, "expires_at": result.expires_at})
 
-    async def touch(self, request: Request, sid: str) -> Response:
-        namespace = self.authorize(request, sid)
-        body = await self.read_body(request)
+    async def touch(self, call: Call, sid: str) -> Reply:
+        namespace = self.authorize(call, sid)
+        body = await self.read_body(call)
         ttl = int_field(body, "ttl", 1, self.settings.max_ttl, required=True)
         assert ttl is not None
         lock = str_field(body, "lock")
@@ -198,32 +292,64 @@ class SessionEndpoints:
         finally:
             if lock is not None:
                 self.waiter.notify(namespace, sid)
-        return encode(request, {"version": result.version, "expires_at": result.expires_at})
+        return Reply.encoded(call, {"version": result.version, "expires_at": result.expires_at})
 
-    async def release(self, request: Request, sid: str) -> Response:
-        namespace = self.authorize(request, sid)
-        lock = request.query_params.get("lock")
+    async def release(self, call: Call, sid: str) -> Reply:
+        namespace = self.authorize(call, sid)
+        lock = call.query("lock")
         if lock is None:
             raise ApiError(422, "invalid_request", "query.lock: Field required")
         await self.sessions.release(namespace, sid, lock)
         self.waiter.notify(namespace, sid)
-        return Response(status_code=204)
+        return Reply(204)
 
-    async def destroy(self, request: Request, sid: str) -> Response:
-        namespace = self.authorize(request, sid)
+    async def destroy(self, call: Call, sid: str) -> Reply:
+        namespace = self.authorize(call, sid)
         await self.sessions.destroy(namespace, sid)
         self.waiter.notify(namespace, sid)
-        return Response(status_code=204)
+        return Reply(204)
 
 
 class LeanPath:
-    """ASGI app: /v1/sessions requests to the endpoints directly, the rest to FastAPI."""
+    """ASGI app: /v1/sessions requests to the endpoints directly, the rest to `fallback`
+    (FastAPI inside the metrics middleware). Records the same metrics as that middleware,
+    with the label children looked up once per (route, method, status)."""
 
-    def __init__(self, endpoints: SessionEndpoints, fallback: Any) -> None:
+    def __init__(self, endpoints: SessionEndpoints, fallback: ASGIApp) -> None:
         self.endpoints = endpoints
         self.fallback = fallback
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._latencies: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and await self.endpoints.dispatch(scope, receive, send):
-            return
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith(PREFIX):
+                sid, _, action = path[len(PREFIX) :].partition("/")
+                found = self.endpoints.routes.get((action, scope["method"]))
+                if found is not None and sid:
+                    await self._serve(scope, receive, send, sid, *found)
+                    return
         await self.fallback(scope, receive, send)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, sid: str, endpoint: Endpoint, route: str
+    ) -> None:
+        started = time.perf_counter()
+        call = Call(scope, receive)
+        reply = await self.endpoints.serve(call, endpoint, sid, route)
+        try:
+            await reply.send(send)
+        finally:
+            self._record(route, call.method, reply.status, time.perf_counter() - started)
+
+    def _record(self, route: str, method: str, status: int, seconds: float) -> None:
+        counter = self._counters.get((route, method, status))
+        if counter is None:
+            counter = metrics.HTTP_REQUESTS.labels(route, method, str(status))
+            self._counters[(route, method, status)] = counter
+        counter.inc()
+        latency = self._latencies.get((route, method))
+        if latency is None:
+            latency = self._latencies[(route, method)] = metrics.HTTP_LATENCY.labels(route, method)
+        latency.observe(seconds)
