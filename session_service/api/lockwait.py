@@ -1,7 +1,8 @@
 """Waiting for a session's lease without tying up a thread per waiter.
 
 Waiters for one session in this process queue on a FIFO asyncio lock, so they are
-served in arrival order and only the head of the queue polls the database. A
+served in arrival order and only the head of the queue polls the database. A lock
+request that finds no queue for its session tries once before making one. A
 release done by this process wakes the head at once; a release by another
 instance is seen at the next poll (backoff from 2 ms to 25 ms, never past the
 holder's lease end).
@@ -45,6 +46,18 @@ class LockWaiter:
         started = time.monotonic()
         deadline = started + wait_ms / 1000
         key = (namespace, sid)
+        if key not in self._gates:
+            # Nobody in this process waits for this session (the usual case): one attempt
+            # before building a queue. Requests that queue are never overtaken this way,
+            # because their gate exists; only arrivals at the same instant race.
+            attempt = await self._store.try_lock(namespace, sid, lease_ms)
+            if attempt.record is not None:
+                metrics.LOCK_WAIT.observe(time.monotonic() - started)
+                return attempt.record
+            if time.monotonic() >= deadline:  # wait_ms=0: no second attempt
+                self._timed_out(started)
+                held_ms = max(0, attempt.held_until_ms - self._store.now_ms())
+                raise LockTimeout("session is locked by another request", held_ms)
         gate = self._gates.setdefault(key, _Gate())
         gate.users += 1
         try:
