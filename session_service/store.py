@@ -10,7 +10,6 @@ statements.py, built once per engine.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from session_service.errors import (
     VersionConflict,
 )
 from session_service.ids import hash_session_id
+from session_service.randomness import token_bytes
 from session_service.replicas import ReplicaSet
 from session_service.retry import RetryPolicy
 from session_service.schema import leases
@@ -223,7 +223,7 @@ class SessionStore:
         """
         params = self._key(namespace, sid)
         params.update(
-            token=os.urandom(16),
+            token=token_bytes(16),
             lease_end=params["now"] + lease_ms,
             payload=b"",
             new_version=0,
@@ -339,7 +339,7 @@ class SessionStore:
         params.update(
             payload=data,
             expires=expires,
-            wid=os.urandom(16),
+            wid=token_bytes(16),
             new_version=1,
             token=None,
             lease_end=None,
@@ -393,7 +393,7 @@ class SessionStore:
         params = self._key(namespace, sid)
         expires = params["now"] + ttl * 1000
         threshold = expires - int(ttl * 1000 * self.settings.touch_skip_fraction)
-        params.update(expires=expires, threshold=threshold, wid=os.urandom(16))
+        params.update(expires=expires, threshold=threshold, wid=token_bytes(16))
 
         def current(conn: Connection) -> WriteResult:
             row = conn.execute(self.sql.touch_read, params).first()
