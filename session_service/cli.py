@@ -160,6 +160,8 @@ def _serve(settings: Settings) -> int:
 def _run_uvicorn(settings: Settings) -> None:
     import uvicorn
 
+    from session_service.api.http_protocol import CoalescingHttpToolsProtocol
+
     uvicorn.run(
         "session_service.api.app:app_from_environment",
         factory=True,
@@ -169,7 +171,8 @@ def _run_uvicorn(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,
         loop="auto",
-        http="auto",
+        http=CoalescingHttpToolsProtocol,
+        proxy_headers=False,  # the service uses no client address (no access log)
         timeout_graceful_shutdown=10,
         ssl_certfile=settings.tls_certfile or None,
         ssl_keyfile=settings.tls_keyfile or None,
