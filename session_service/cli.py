@@ -173,6 +173,7 @@ def _run_uvicorn(settings: Settings) -> None:
         loop="auto",
         http=CoalescingHttpToolsProtocol,
         proxy_headers=False,  # the service uses no client address (no access log)
+        server_header=False,  # no "server: uvicorn" on every reply
         timeout_graceful_shutdown=10,
         ssl_certfile=settings.tls_certfile or None,
         ssl_keyfile=settings.tls_keyfile or None,
