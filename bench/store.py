@@ -266,6 +266,7 @@ async def _http_worker(
     token: str,
     worker: int,
     start: asyncio.Barrier,
+    go: asyncio.Event,
     stop_at: list[float],
     sink: list[float],
     counter: list[int],
@@ -306,6 +307,7 @@ async def _http_worker(
     for sid in sids:  # prime: every session exists before timing
         await cycle(sid)
     await start.wait()
+    await go.wait()  # stop_at is set
     i = 0
     while time.perf_counter() < stop_at[0]:
         began = time.perf_counter()
@@ -322,15 +324,17 @@ def run_http(port: int, token: str, concurrency: int, duration: float) -> Result
         counter = [0]
         stop_at = [0.0]
         start = asyncio.Barrier(concurrency + 1)
+        go = asyncio.Event()
         workers = asyncio.gather(
             *(
-                _http_worker(port, token, i, start, stop_at, sinks[i], counter)
+                _http_worker(port, token, i, start, go, stop_at, sinks[i], counter)
                 for i in range(concurrency)
             )
         )
         await start.wait()
         began = time.perf_counter()
         stop_at[0] = began + duration
+        go.set()
         await workers
         elapsed = time.perf_counter() - began
         return Result(
@@ -374,7 +378,13 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
-    parser.add_argument("--service-workers", type=int, default=2, help="uvicorn workers for (a)")
+    parser.add_argument(
+        "--service-workers",
+        type=int,
+        default=1,
+        help="uvicorn workers for (a) (default 1: on 2 cores shared with MariaDB and "
+        "the clients, a second worker only adds contention)",
+    )
     parser.add_argument(
         "--no-pre-ping", action="store_true", help="run (a) and (b) without pool_pre_ping"
     )
