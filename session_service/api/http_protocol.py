@@ -4,7 +4,9 @@ uvicorn writes a response's status line and headers, then its body, as two
 transport writes: two send() calls and, with TCP_NODELAY, two packets, which
 wake the client twice. The service's replies are small and whole, so the writes
 made during one pass of the event loop are joined and sent at the end of it
-(what TCP_CORK does in the kernel). Everything else is uvicorn's own.
+(what TCP_CORK does in the kernel). And since the service accepts a connection for
+every PHP request, the per-connection system calls uvicorn makes to learn the
+addresses are spared too. Everything else is uvicorn's own.
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ class CoalescingTransport:
     def abort(self) -> None:
         self._pending.clear()
         self._transport.abort()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            # uvicorn asks for the socket only to call getsockname()/getpeername() on
+            # it, seven system calls per connection; without it, it reads the
+            # "sockname" and "peername" that the event loop already knows.
+            return default
+        return self._transport.get_extra_info(name, default)
 
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
