@@ -288,7 +288,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--php-workers", type=int, default=8, help="PHP_CLI_SERVER_WORKERS (default 8)")
     p.add_argument(
-        "--service-workers", type=int, default=2, help="session-service --workers (default 2)"
+        "--service-workers",
+        type=int,
+        default=1,
+        help="session-service --workers (default 1: on 2 cores shared with PHP, MariaDB and "
+        "wrk, a second worker only adds contention)",
     )
     p.add_argument(
         "--handlers",
