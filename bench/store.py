@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import threading
@@ -389,6 +390,12 @@ def main() -> None:
         "--no-pre-ping", action="store_true", help="run (a) and (b) without pool_pre_ping"
     )
     parser.add_argument("--only", default="abcd", help="which of a, b, c, d to run")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate the variants this many times per level; print each one's median",
+    )
     args = parser.parse_args()
 
     database = f"bench_{uuid.uuid4().hex[:8]}"
@@ -414,62 +421,75 @@ def main() -> None:
         else None
     )
     levels = [int(x) for x in args.concurrency.split(",")]
-    results: list[Result] = []
+    ratios_at_16: list[float] = []
     try:
         for level in levels:
-            row: list[Result] = []
-            if "d" in args.only:
-                row.append(
-                    run_threads(
-                        "(d) PyMySQL FOR UPDATE txn", level, args.duration, classic_cycle(database)
+            rounds: list[list[Result]] = []
+            for _ in range(args.rounds):  # the variants alternate, so drift hits them alike
+                row: list[Result] = []
+                if "d" in args.only:
+                    row.append(
+                        run_threads(
+                            "(d) PyMySQL FOR UPDATE txn",
+                            level,
+                            args.duration,
+                            classic_cycle(database),
+                        )
                     )
-                )
-            if "c" in args.only:
-                row.append(
-                    run_threads(
-                        "(c) PyMySQL store SQL",
-                        level,
-                        args.duration,
-                        raw_same_cycle(database, store),
+                if "c" in args.only:
+                    row.append(
+                        run_threads(
+                            "(c) PyMySQL store SQL",
+                            level,
+                            args.duration,
+                            raw_same_cycle(database, store),
+                        )
                     )
-                )
-            if "b" in args.only:
-                row.append(
-                    run_threads("(b) store library", level, args.duration, store_cycle(store))
-                )
-            if "a" in args.only:
-                row.append(run_http(port, token, level, args.duration))
-            results.extend(row)
-            baseline = next((r for r in row if r.name.startswith("(d)")), None)
-            for r in row:
-                ratio = f"{r.rate / baseline.rate:5.2f}" if baseline else "  n/a"
-                print(
-                    f"c={level:<3} {r.name:<28} {r.rate:9.0f} cycles/s   p50 {r.pct(0.5):7.2f} ms"
-                    f"   p99 {r.pct(0.99):7.2f} ms   x(d) {ratio}",
-                    flush=True,
-                )
+                if "b" in args.only:
+                    row.append(
+                        run_threads("(b) store library", level, args.duration, store_cycle(store))
+                    )
+                if "a" in args.only:
+                    row.append(run_http(port, token, level, args.duration))
+                rounds.append(row)
+            report(level, rounds, ratios_at_16 if level == 16 else [])
     finally:
         if service is not None:
             service.terminate()
             service.wait(10)
         store.close()
         admin.cursor().execute(f"DROP DATABASE {database}")
+    summary = f"{statistics.median(ratios_at_16):.2f}" if ratios_at_16 else "n/a"
     print(
         f"\nservice workers: {args.service_workers}, pool_pre_ping: {not args.no_pre_ping}, "
-        f"{args.duration:.0f} s per cell, {os.cpu_count()} cores, mean of all cycles; "
-        f"median c=16 ratio (a)/(d): "
-        + next(
-            (
-                f"{a.rate / d.rate:.2f}"
-                for a in results
-                for d in results
-                if a.concurrency == d.concurrency == 16
-                and a.name.startswith("(a)")
-                and d.name.startswith("(d)")
-            ),
-            "n/a",
-        )
+        f"{args.duration:.0f} s per cell, {args.rounds} round(s), {os.cpu_count()} cores; "
+        f"median c=16 ratio (a)/(d): {summary}"
     )
+
+
+def report(level: int, rounds: list[list[Result]], ratios: list[float]) -> None:
+    """Print each variant's median round (by rate), with its ratio to (d) in that round.
+
+    Each round's ratio compares two figures measured seconds apart; `ratios` gets the
+    (a)/(d) ratio of every round."""
+    for index in range(len(rounds[0])):
+        cells = [row[index] for row in rounds]
+        per_round = [
+            cell.rate / row[0].rate if row[0].name.startswith("(d)") else float("nan")
+            for cell, row in zip(cells, rounds, strict=True)
+        ]
+        if cells[0].name.startswith("(a)"):
+            ratios.extend(r for r in per_round if r == r)
+        middle = sorted(cells, key=lambda cell: cell.rate)[len(cells) // 2]
+        ratio = statistics.median(per_round)
+        spread = f"   rounds {', '.join(f'{c.rate:.0f}' for c in cells)}" if len(cells) > 1 else ""
+        print(
+            f"c={level:<3} {middle.name:<28} {middle.rate:9.0f} cycles/s   p50 "
+            f"{middle.pct(0.5):7.2f} ms   p99 {middle.pct(0.99):7.2f} ms   x(d) "
+            + (f"{ratio:5.2f}" if ratio == ratio else "  n/a")
+            + spread,
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
