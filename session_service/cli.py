@@ -160,7 +160,7 @@ def _serve(settings: Settings) -> int:
 def _run_uvicorn(settings: Settings) -> None:
     import uvicorn
 
-    from session_service.api.http_protocol import CoalescingHttpToolsProtocol
+    from session_service.api.http_protocol import SessionHttpProtocol
 
     uvicorn.run(
         "session_service.api.app:app_from_environment",
@@ -171,7 +171,7 @@ def _run_uvicorn(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,
         loop="auto",
-        http=CoalescingHttpToolsProtocol,
+        http=SessionHttpProtocol,
         proxy_headers=False,  # the service uses no client address (no access log)
         server_header=False,  # no "server: uvicorn" on every reply
         timeout_graceful_shutdown=10,

@@ -313,7 +313,10 @@ class SessionEndpoints:
 class LeanPath:
     """ASGI app: /v1/sessions requests to the endpoints directly, the rest to `fallback`
     (FastAPI inside the metrics middleware). Records the same metrics as that middleware,
-    with the label children looked up once per (route, method, status)."""
+    with the label children looked up once per (route, method, status).
+
+    `route()` and `answer()` are also used by the service's HTTP protocol
+    (http_protocol.py), which answers these requests without an ASGI cycle at all."""
 
     def __init__(self, endpoints: SessionEndpoints, fallback: ASGIApp) -> None:
         self.endpoints = endpoints
@@ -321,27 +324,34 @@ class LeanPath:
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._latencies: dict[tuple[str, str], Any] = {}
 
+    def route(self, path: str, method: str) -> tuple[str, Endpoint, str] | None:
+        """(session id, endpoint, route template) for a /v1/sessions request, else None."""
+        if not path.startswith(PREFIX):
+            return None
+        sid, _, action = path[len(PREFIX) :].partition("/")
+        found = self.endpoints.routes.get((action, method))
+        if found is None or not sid:
+            return None
+        return sid, found[0], found[1]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
-            if path.startswith(PREFIX):
-                sid, _, action = path[len(PREFIX) :].partition("/")
-                found = self.endpoints.routes.get((action, scope["method"]))
-                if found is not None and sid:
-                    await self._serve(scope, receive, send, sid, *found)
-                    return
+            found = self.route(scope["path"], scope["method"])
+            if found is not None:
+                reply = await self.answer(scope, receive, *found)
+                await reply.send(send)
+                return
         await self.fallback(scope, receive, send)
 
-    async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, sid: str, endpoint: Endpoint, route: str
-    ) -> None:
+    async def answer(
+        self, scope: Scope, receive: Receive, sid: str, endpoint: Endpoint, route: str
+    ) -> Reply:
+        """The endpoint's reply (errors included), with the request's metrics recorded."""
         started = time.perf_counter()
         call = Call(scope, receive)
         reply = await self.endpoints.serve(call, endpoint, sid, route)
-        try:
-            await reply.send(send)
-        finally:
-            self._record(route, call.method, reply.status, time.perf_counter() - started)
+        self._record(route, call.method, reply.status, time.perf_counter() - started)
+        return reply
 
     def _record(self, route: str, method: str, status: int, seconds: float) -> None:
         counter = self._counters.get((route, method, status))

@@ -1,0 +1,198 @@
+"""HTTP/1.1 on the wire, byte by byte, for /v1/sessions requests (answered by the
+service's own protocol path, DirectCycle) next to requests that take uvicorn's ASGI
+path: keep-alive, pipelining, HTTP/1.0, HEAD, Expect: 100-continue, one write per
+response, and a client that goes away mid-request."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httptools
+import msgpack
+import pytest
+
+from tests.support import ServiceProcess, session_id
+
+AUTH = b"Authorization: Bearer secret\r\n"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    base: Path = tmp_path_factory.mktemp("wire")
+    process = ServiceProcess(
+        db_url=f"sqlite:///{base / 'sessions.db'}", log_path=base / "service.log"
+    ).start()
+    yield process
+    process.stop()
+
+
+class _Responses:
+    """Parses every response that arrives on one connection."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.done: list[tuple[int, dict[bytes, bytes], bytes]] = []
+        self._headers: dict[bytes, bytes] = {}
+        self._body = b""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        self.done.append((self.parser.get_status_code(), self._headers, self._body))
+        self._headers, self._body = {}, b""
+
+
+def _connect(service: ServiceProcess) -> socket.socket:
+    host, port = service.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _read(conn: socket.socket, responses: _Responses, count: int, head: bool = False) -> None:
+    if head:  # a HEAD response has headers only: the parser must be told
+        responses.parser = httptools.HttpResponseParser(responses)
+        responses.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+    while len(responses.done) < count:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        if head:
+            text, _, _ = chunk.partition(b"\r\n\r\n")
+            status = int(text.split(b" ", 2)[1])
+            headers = dict(
+                (k.strip().lower(), v.strip())
+                for k, _, v in (line.partition(b":") for line in text.split(b"\r\n")[1:])
+            )
+            responses.done.append((status, headers, b""))
+            continue
+        responses.parser.feed_data(chunk)
+
+
+def _lock(sid: str, version: bytes = b"1.1", extra: bytes = b"") -> bytes:
+    return (
+        b"POST /v1/sessions/%s/lock?wait_ms=2000 HTTP/%s\r\nHost: t\r\n%s"
+        b"Accept: application/msgpack\r\nContent-Length: 0\r\n%s\r\n"
+        % (sid.encode(), version, AUTH, extra)
+    )
+
+
+def _write(sid: str, lock: str, data: bytes, extra: bytes = b"") -> tuple[bytes, bytes]:
+    body = msgpack.packb({"data": data, "ttl": 600, "lock": lock})
+    head = (
+        b"PUT /v1/sessions/%s HTTP/1.1\r\nHost: t\r\n%sContent-Type: application/msgpack\r\n"
+        b"Accept: application/msgpack\r\nContent-Length: %d\r\n%s\r\n"
+        % (sid.encode(), AUTH, len(body), extra)
+    )
+    return head, body
+
+
+def test_keep_alive_and_pipelined_requests_are_answered_in_order(
+    service: ServiceProcess,
+) -> None:
+    sids = [session_id() for _ in range(3)]
+    with _connect(service) as conn:
+        # three lock requests, a health check (ASGI path) and a bad id, all in one send
+        conn.sendall(
+            _lock(sids[0])
+            + _lock(sids[1])
+            + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+            + _lock(sids[2])
+            + _lock("short")
+        )
+        responses = _Responses()
+        _read(conn, responses, 5)
+        statuses = [status for status, _, _ in responses.done]
+        assert statuses == [200, 200, 200, 200, 400]
+        locks = [msgpack.unpackb(body)["lock"] for _, _, body in responses.done[:2]]
+        assert responses.done[2][2] == b'{"status":"ok"}'
+        for _status, headers, body in responses.done:
+            assert int(headers[b"content-length"]) == len(body)
+            assert b"date" in headers and b"server" not in headers
+        # the connection is still usable: write the first two sessions on it
+        for sid, lock in zip(sids, locks, strict=False):
+            head, body = _write(sid, lock, b"x" * 10)
+            conn.sendall(head + body)
+        _read(conn, responses, 7)
+        assert [s for s, _, _ in responses.done[5:]] == [200, 200]
+
+
+def test_http_1_0_gets_connection_close(service: ServiceProcess) -> None:
+    with _connect(service) as conn:
+        conn.sendall(_lock(session_id(), version=b"1.0"))
+        responses = _Responses()
+        _read(conn, responses, 1)
+        status, headers, _ = responses.done[0]
+        assert status == 200 and headers[b"connection"] == b"close"
+        assert conn.recv(1) == b"", "the service closes the connection"
+
+
+def test_head_has_headers_and_no_body(service: ServiceProcess) -> None:
+    with _connect(service) as conn:
+        conn.sendall(
+            b"HEAD /v1/sessions/%s HTTP/1.1\r\nHost: t\r\n%s\r\n" % (session_id().encode(), AUTH)
+        )
+        responses = _Responses()
+        _read(conn, responses, 1, head=True)
+        status, headers, _ = responses.done[0]
+        assert status == 404 and headers[b"content-length"] == b"0"
+        conn.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            conn.recv(1)  # nothing follows the headers
+
+
+def test_expect_100_continue_then_body(service: ServiceProcess) -> None:
+    sid = session_id()
+    with _connect(service) as conn:
+        conn.sendall(_lock(sid))
+        responses = _Responses()
+        _read(conn, responses, 1)
+        lock = msgpack.unpackb(responses.done[0][2])["lock"]
+        head, body = _write(sid, lock, b"after continue", b"Expect: 100-continue\r\n")
+        conn.sendall(head)
+        interim = conn.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        conn.sendall(body)
+        rest = interim[len(b"HTTP/1.1 100 Continue\r\n\r\n") :]
+        if rest:
+            responses.parser.feed_data(rest)
+        _read(conn, responses, 2)
+        assert responses.done[1][0] == 200
+        assert msgpack.unpackb(responses.done[1][2])["version"] == 1
+
+
+def test_each_response_arrives_in_one_piece(service: ServiceProcess) -> None:
+    """Status line, headers and body in one write: the first recv() holds it all."""
+    with _connect(service) as conn:
+        for _ in range(5):
+            conn.sendall(_lock(session_id()))
+            time.sleep(0.05)
+            first = conn.recv(65536)
+            responses = _Responses()
+            responses.parser.feed_data(first)
+            assert len(responses.done) == 1, first
+
+
+def test_client_gone_mid_body_leaves_the_service_serving(service: ServiceProcess) -> None:
+    sid = session_id()
+    with _connect(service) as conn:
+        conn.sendall(_lock(sid))
+        responses = _Responses()
+        _read(conn, responses, 1)
+        lock = msgpack.unpackb(responses.done[0][2])["lock"]
+        head, body = _write(sid, lock, b"never finished")
+        conn.sendall(head + body[:5])  # then hang up
+    with _connect(service) as conn:  # the lease is still held, the session untouched
+        conn.sendall(_lock(sid, extra=b"").replace(b"wait_ms=2000", b"wait_ms=0"))
+        responses = _Responses()
+        _read(conn, responses, 1)
+        assert responses.done[0][0] == 423
+        head, body = _write(sid, lock, b"finished")
+        conn.sendall(head + body)
+        _read(conn, responses, 2)
+        assert responses.done[1][0] == 200
