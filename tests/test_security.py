@@ -148,3 +148,27 @@ def test_the_end_of_run_log_check_recognises_raw_ids() -> None:
     assert RAW_ID_IN_LOG.search(b"GET http://h/v1/sessions/abcdefghijklmnopqrstuvwxyz/lock 423")
     assert RAW_ID_IN_LOG.search(b"Cookie: PHPSESSID=abcdefghijklmnopqrstuvwxyz")
     assert not RAW_ID_IN_LOG.search(b"POST http://h/v1/sessions/{sid}/lock (sid 1a2b3c4d5e6f)")
+
+
+def test_a_tokens_file_found_empty_is_not_applied(tmp_path: Path) -> None:
+    """Read between an editor's truncate and its write, the file is empty: the tokens in
+    use stay (an empty set would turn every client away) until it has tokens again."""
+    from session_service.api.auth import TokenAuth
+    from session_service.api.problems import ApiError
+    from session_service.settings import Settings, read_tokens
+
+    path = tmp_path / "tokens"
+    path.write_text("app:old-secret\n")
+    settings = Settings(tokens_file=str(path))
+    auth = TokenAuth(read_tokens(settings), reload=lambda: read_tokens(settings), watch=str(path))
+    assert auth.namespace("Bearer old-secret") == "app"
+
+    path.write_text("")
+    auth._checked_at -= 2  # the next request looks at the file again
+    assert auth.namespace("Bearer old-secret") == "app", "kept while the file is empty"
+
+    path.write_text("app:new-secret\n")
+    auth._checked_at -= 2
+    assert auth.namespace("Bearer new-secret") == "app"
+    with pytest.raises(ApiError):
+        auth.namespace("Bearer old-secret")

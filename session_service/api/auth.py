@@ -65,6 +65,11 @@ class TokenAuth:
         except ValueError as error:  # keep serving with the tokens we had
             log.error("tokens file not reloaded: %s", error)
             return
+        if not tokens:
+            # Most likely read between an editor's truncate and its write; an empty
+            # set would turn every client away. Keep the tokens in use, look again.
+            log.error("tokens file has no tokens; keeping the %d in use", len(self._digests))
+            return
         self._stamp = stamp
         self._digests = self._digest(tokens)
         log.info("tokens reloaded: %d tokens", len(tokens))
