@@ -157,6 +157,11 @@ def test_sighup_reloads_the_backends_with_no_failed_request(
         if balancer.backend_states() == {"b2": "UP", "b3": "UP"}:
             break
         threading.Event().wait(0.02)
+    # A request each hammer sent just before the reload may still be on its way back
+    # from b1: let every hammer finish two more before the "after" part starts.
+    switched = [len(h.names) for h in hammers]
+    while any(len(h.names) < n + 2 for h, n in zip(hammers, switched, strict=True)):
+        threading.Event().wait(0.02)
     marks = [len(h.names) for h in hammers]
     while sum(len(h.names) for h in hammers) < sum(marks) + 300:
         threading.Event().wait(0.02)
