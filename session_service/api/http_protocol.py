@@ -154,12 +154,17 @@ class DirectCycle:
 
     async def run(self) -> None:
         try:
-            reply = await self.lean.answer(self.scope, self.receive, *self.route)
-        except Exception:  # answer() turns errors into replies; this is a bug
+            self.respond(await self.lean.answer(self.scope, self.receive, *self.route))
+        except asyncio.CancelledError:  # shutting down mid-request
+            self.transport.close()
+            raise
+        except Exception:  # answer() turns errors into replies: this is a bug
             log.exception("unexpected error answering %s", self.route[2])
-            reply = Reply(500, b"Internal Server Error", "text/plain; charset=utf-8")
             self.keep_alive = False
-        self.respond(reply)
+            try:
+                self.respond(Reply(500, b"Internal Server Error", "text/plain; charset=utf-8"))
+            finally:
+                self.transport.close()
 
     def respond(self, reply: Reply) -> None:
         if self.disconnected or self.response_complete:
