@@ -147,7 +147,13 @@ def _serve(settings: Settings) -> int:
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker writes its metrics to files here and /metrics adds them all up,
         # whichever worker answers the scrape.
-        metrics_dir = tempfile.mkdtemp(prefix="session-service-metrics-")
+        # Every metric update writes to a memory-mapped file there: keep it in tmpfs,
+        # where the kernel never writes those pages back to a disk.
+        shm = "/dev/shm"
+        metrics_dir = tempfile.mkdtemp(
+            prefix="session-service-metrics-",
+            dir=shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None,
+        )
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         _run_uvicorn(settings)
