@@ -12,10 +12,12 @@ import sqlite3
 import time
 from typing import Any
 
+from pymysql.converters import conversions as pymysql_conversions
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from session_service.hexliteral import conversions, with_hex_literals
 from session_service.settings import Settings, split_urls
 
 
@@ -33,6 +35,7 @@ def create_store_engine(settings: Settings) -> Engine:
         "read_timeout": 30,
         "write_timeout": 30,
         "charset": "utf8mb4",
+        "conv": conversions(pymysql_conversions),  # the driver's, plus HexLiteral
     }
     engine = create_engine(
         url,
@@ -48,6 +51,12 @@ def create_store_engine(settings: Settings) -> Engine:
         skip_autocommit_rollback=True,
         connect_args=connect_args,
     )
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _hex_literals(
+        _conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any
+    ) -> tuple[str, Any]:
+        return statement, with_hex_literals(parameters)  # see hexliteral.py
 
     @event.listens_for(engine, "connect")
     def _session_setup(dbapi_conn: Any, _record: object) -> None:

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from session_service.async_store import HEX_LIMIT, AsyncSessionStore
+from session_service.async_store import AsyncSessionStore
+from session_service.hexliteral import HEX_LIMIT
 from session_service.settings import Settings
 from session_service.store import SessionStore
 from tests.support import session_id

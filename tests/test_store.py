@@ -17,6 +17,7 @@ from session_service.errors import (
     SessionNotFound,
     VersionConflict,
 )
+from session_service.hexliteral import HEX_LIMIT
 from session_service.ids import hash_session_id
 from session_service.schema import sessions
 from session_service.store import SessionStore
@@ -201,6 +202,23 @@ def test_binary_data_round_trips(store: SessionStore) -> None:
     store.write(NS, sid, payload, 100)
     record = store.read(NS, sid)
     assert record is not None and record.data == payload
+
+
+@pytest.mark.parametrize("size", [0, 256, HEX_LIMIT, HEX_LIMIT + 1])
+def test_data_either_side_of_the_hex_literal_limit_round_trips(
+    make_store: Callable[..., SessionStore], size: int
+) -> None:
+    """On MySQL bytes go as X'...' up to HEX_LIMIT and escaped beyond: both are exact."""
+    store = make_store(max_data_bytes=8 * 1024 * 1024)
+    sid = session_id()
+    payload = (bytes(range(256)) * (size // 256 + 1))[:size]
+    record = store.lock(NS, sid, wait_ms=0, lease_ms=5000)
+    store.write(NS, sid, payload, 100, lock=record.lock)
+    again = store.lock(NS, sid, wait_ms=0, lease_ms=5000)
+    assert again.data == payload
+    store.write(NS, sid, payload[::-1], 100, lock=again.lock)
+    read = store.read(NS, sid)
+    assert read is not None and read.data == payload[::-1]
 
 
 def test_too_large_is_refused_and_leaves_the_session_intact(
