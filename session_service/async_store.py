@@ -119,9 +119,15 @@ class _Compiled:
         self.positional: Sequence[str] | None = self.compiled.positiontup
         #: values of literals SQLAlchemy made into binds (e.g. the 0 in version > 0)
         self.defaults: dict[str, Any] = dict(self.compiled.params)
+        #: the parameters the SQL uses: the store's dicts carry more, and the driver
+        #: escapes every value it is given
+        self.names = tuple(dict.fromkeys(self.compiled.bind_names.values()))
 
     def arguments(self, params: dict[str, Any]) -> Any:
-        values = {**self.defaults, **params}
+        defaults = self.defaults
+        values = {
+            name: params[name] if name in params else defaults[name] for name in self.names
+        }
         if self.positional is None:
             return values
         return tuple(values[name] for name in self.positional)
