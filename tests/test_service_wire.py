@@ -82,6 +82,15 @@ def _lock(sid: str, version: bytes = b"1.1", extra: bytes = b"") -> bytes:
     )
 
 
+def _locked(conn: socket.socket, sid: str) -> tuple[_Responses, str]:
+    """Lock `sid` on this connection: the parser (one response read) and the lock token."""
+    conn.sendall(_lock(sid))
+    responses = _Responses()
+    _read(conn, responses, 1)
+    assert responses.done[0][0] == 200
+    return responses, str(msgpack.unpackb(responses.done[0][2])["lock"])
+
+
 def _write(sid: str, lock: str, data: bytes, extra: bytes = b"") -> tuple[bytes, bytes]:
     body = msgpack.packb({"data": data, "ttl": 600, "lock": lock})
     head = (
@@ -149,10 +158,7 @@ def test_head_has_headers_and_no_body(service: ServiceProcess) -> None:
 def test_expect_100_continue_then_body(service: ServiceProcess) -> None:
     sid = session_id()
     with _connect(service) as conn:
-        conn.sendall(_lock(sid))
-        responses = _Responses()
-        _read(conn, responses, 1)
-        lock = msgpack.unpackb(responses.done[0][2])["lock"]
+        responses, lock = _locked(conn, sid)
         head, body = _write(sid, lock, b"after continue", b"Expect: 100-continue\r\n")
         conn.sendall(head)
         interim = conn.recv(65536)
@@ -181,14 +187,11 @@ def test_each_response_arrives_in_one_piece(service: ServiceProcess) -> None:
 def test_client_gone_mid_body_leaves_the_service_serving(service: ServiceProcess) -> None:
     sid = session_id()
     with _connect(service) as conn:
-        conn.sendall(_lock(sid))
-        responses = _Responses()
-        _read(conn, responses, 1)
-        lock = msgpack.unpackb(responses.done[0][2])["lock"]
+        _, lock = _locked(conn, sid)
         head, body = _write(sid, lock, b"never finished")
         conn.sendall(head + body[:5])  # then hang up
     with _connect(service) as conn:  # the lease is still held, the session untouched
-        conn.sendall(_lock(sid, extra=b"").replace(b"wait_ms=2000", b"wait_ms=0"))
+        conn.sendall(_lock(sid).replace(b"wait_ms=2000", b"wait_ms=0"))
         responses = _Responses()
         _read(conn, responses, 1)
         assert responses.done[0][0] == 423
