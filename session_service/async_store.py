@@ -125,9 +125,7 @@ class _Compiled:
 
     def arguments(self, params: dict[str, Any]) -> Any:
         defaults = self.defaults
-        values = {
-            name: params[name] if name in params else defaults[name] for name in self.names
-        }
+        values = {name: params[name] if name in params else defaults[name] for name in self.names}
         if self.positional is None:
             return values
         return tuple(values[name] for name in self.positional)
