@@ -61,12 +61,15 @@ def request_head(
     client_ip: bytes,
     require_host: bool = True,
     extra: frozenset[bytes] = frozenset(),
+    default_host: bytes = b"",
 ) -> RequestHead:
     """Build the HTTP/1.1 head sent to a backend, in one pass over the headers.
 
     Raises BadRequest for a missing or repeated Host, which would let a client pick a
     different virtual host on each hop, and for a Transfer-Encoding other than a single
-    ``chunked``.
+    ``chunked``. An HTTP/1.0 request may come without Host; the HTTP/1.1 request made
+    of it gets `default_host` (the address the client connected to), since HTTP/1.1
+    requires one.
     """
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
     host: bytes | None = None
@@ -87,7 +90,9 @@ def request_head(
             elif lname == b"connection" and not extra:
                 named = extra_hop_by_hop(value)
                 if named:  # rare: start again, dropping the headers it names
-                    return request_head(method, target, headers, client_ip, require_host, named)
+                    return request_head(
+                        method, target, headers, client_ip, require_host, named, default_host
+                    )
             continue
         if lname in SET_BY_PROXY:
             if lname == b"x-forwarded-for":
@@ -104,6 +109,8 @@ def request_head(
         out += (b"X-Forwarded-Host: ", host, b"\r\n")
     elif require_host:
         raise BadRequest(400, "missing Host header")
+    elif default_host:
+        out += (b"Host: ", default_host, b"\r\n")
     forwarded_for.append(client_ip)
     out += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\nX-Forwarded-Proto: http\r\n")
     if chunked:

@@ -42,6 +42,8 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
+        #: what an HTTP/1.0 request without Host is forwarded with as its Host
+        self.local_address = b""
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
@@ -65,6 +67,10 @@ class ClientConnection(asyncio.Protocol):
         fe.total_connections += 1
         peer = transport.get_extra_info("peername")
         self.client_ip = str(peer[0]).encode("ascii") if peer else b"unknown"
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple) and len(local) >= 2:
+            host = f"[{local[0]}]" if ":" in str(local[0]) else str(local[0])
+            self.local_address = f"{host}:{local[1]}".encode("ascii")
         if len(fe.connections) >= fe.settings.limits.max_connections or fe.draining:
             fe.rejected_connections += 1
             self.closed = True
@@ -193,7 +199,10 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         http11 = version == "1.1"
         try:
-            head = request_head(method, self.url, self.headers, self.client_ip, http11)
+            head = request_head(
+                method, self.url, self.headers, self.client_ip, http11,
+                default_host=self.local_address,
+            )  # fmt: skip
         except BadRequest as exc:
             self.error = exc
             return

@@ -93,7 +93,7 @@ def check_head(head: bytes) -> tuple[str | None, str, int | None, bool]:
     for name in _NEVER_FORWARDED:
         if name in seen:
             return f"hop-by-hop header {name!r} forwarded", "", None, False
-    if len(seen.get(b"host", ())) > 1:  # none: an HTTP/1.0 client sent none (see docs)
+    if len(seen.get(b"host", ())) != 1:  # HTTP/1.0 without Host gets the listen address
         return f"{len(seen.get(b'host', ()))} Host headers", "", None, False
     forwarded = seen.get(b"x-forwarded-for", [])
     if len(forwarded) != 1:

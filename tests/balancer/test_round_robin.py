@@ -114,6 +114,21 @@ def test_forwarded_headers_are_set_and_hop_by_hop_headers_dropped(
     conn.close()
 
 
+def test_http10_request_without_host_reaches_the_backend_with_one(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    """HTTP/1.0 allows no Host; the HTTP/1.1 request made of it must have one: the
+    address the client connected to (what nginx does with its upstream's name)."""
+    balancer = start_balancer(backends[:1])
+    data = raw_exchange(balancer.port, b"GET /headers HTTP/1.0\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    seen = json.loads(body)
+    hosts = [value for name, value in seen["headers"] if name.lower() == "host"]
+    assert hosts == [f"127.0.0.1:{balancer.port}"]
+    assert not any(name.lower() == "x-forwarded-host" for name, _ in seen["headers"])
+
+
 def test_head_204_and_http10_clients(
     backends: list[BackendProcess], start_balancer: StartBalancer
 ) -> None:
