@@ -82,13 +82,40 @@ function price(int $cents): string
     return sprintf('%d.%02d €', intdiv($cents, 100), $cents % 100);
 }
 
+/**
+ * session_write_close(), and whether a change was saved. PHP 8.2 reports a failed
+ * save as success (with a warning); the session service's handler, when it is the
+ * one registered, knows better. A GET only extends the expiry: it is not checked.
+ */
+function shop_save(): bool
+{
+    session_write_close();
+    if ('POST' !== ($_SERVER['REQUEST_METHOD'] ?? 'GET')
+        || !class_exists(\SessionService\Handler::class, false)) {
+        return true;
+    }
+
+    return null === \SessionService\Handler::registered()?->lastError();
+}
+
+function not_saved(): never
+{
+    http_response_code(503);
+    header('Retry-After: 1');
+    header('Content-Type: text/plain; charset=utf-8');
+    echo "your change was not saved (session storage failed); please try again\n";
+    exit;
+}
+
 /** After a POST: JSON state, or a 303 to $location (post/redirect/get). */
 function done(string $location): never
 {
     if (wants_json()) {
         send_json();
     }
-    session_write_close();
+    if (!shop_save()) {
+        not_saved();
+    }
     header('Location: '.$location, true, 303);
     exit;
 }
@@ -96,7 +123,9 @@ function done(string $location): never
 function send_json(int $status = 200): never
 {
     $state = shop_state();
-    session_write_close();
+    if (!shop_save()) {
+        not_saved();
+    }
     http_response_code($status);
     header('Content-Type: application/json');
     echo json_encode($state, JSON_THROW_ON_ERROR), "\n";
@@ -109,7 +138,9 @@ function render(string $title, string $body): never
         send_json();
     }
     $state = shop_state();
-    session_write_close();
+    if (!shop_save()) {
+        not_saved();
+    }
     header('Content-Type: text/html; charset=utf-8');
     $user = $state['user'];
     $who = null === $user

@@ -90,6 +90,12 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
     private ?string $prefetchId = null;
     private string|false $prefetchData = false;
 
+    /** What went wrong with the service since session_start(), as logged (see lastError()). */
+    private ?string $lastError = null;
+
+    /** The handler register() installed last, for applications that did not keep it. */
+    private static ?self $registered = null;
+
     /**
      * @param array<string, mixed> $options see self::OPTIONS; each falls back to its
      *                                      environment variable, then to its default
@@ -161,12 +167,33 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         if (!session_set_save_handler($handler, true)) {
             throw new \RuntimeException('session-service: session_set_save_handler() failed (is a session already active?)');
         }
+        self::$registered = $handler;
 
         return $handler;
     }
 
+    /** The handler that register() installed (also through prepend.php), or null. */
+    public static function registered(): ?self
+    {
+        return self::$registered;
+    }
+
+    /**
+     * The last failure of this session's service calls since session_start(), as it
+     * was logged (without the session id), or null when all went well.
+     *
+     * session_write_close() returns true even when the handler's write failed (PHP
+     * 8.2), so an application that must know its changes were saved asks here after it.
+     */
+    public function lastError(): ?string
+    {
+        return $this->lastError;
+    }
+
     public function open(string $path, string $name): bool
     {
+        $this->lastError = null;
+
         return true;
     }
 
@@ -240,7 +267,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         }
         $mine = $this->sid === $id;
         if ($mine && $this->readOnly) {
-            self::log(sprintf('%s: the lock was not obtained, so the changes of this request are discarded (session served read-only)', self::label($id)));
+            $this->fail($id, 'the lock was not obtained, so the changes of this request are discarded (session served read-only)');
             $this->resetState(null);
 
             return true;
@@ -337,7 +364,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         }
         $this->resetState($id);
         if (!preg_match(self::SID_PATTERN, $id)) {
-            self::log(sprintf('%s: session id refused: it must be 22 to 256 characters of [A-Za-z0-9,-] (enable session.use_strict_mode so PHP replaces such ids)', self::label($id)));
+            $this->fail($id, 'session id refused: it must be 22 to 256 characters of [A-Za-z0-9,-] (enable session.use_strict_mode so PHP replaces such ids)');
 
             return false;
         }
@@ -364,7 +391,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         }
         if (423 === $r['status']) {
             if (self::ON_LOCK_TIMEOUT_READONLY === $this->onLockTimeout) {
-                self::log(sprintf('%s: lock not obtained within %d ms at %s (HTTP 423 %s); serving the session read-only, changes of this request will be discarded', self::label($id), $this->lockWaitMs, $r['url'], self::reason($r)));
+                $this->fail($id, sprintf('lock not obtained within %d ms at %s (HTTP 423 %s); serving the session read-only, changes of this request will be discarded', $this->lockWaitMs, $r['url'], self::reason($r)));
                 $data = $this->plainRead($id, 'read-only read');
                 if (false !== $data && !$this->degraded) {
                     $this->readOnly = true;
@@ -372,7 +399,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
 
                 return $data;
             }
-            self::log(sprintf('%s: lock not obtained within %d ms at %s (HTTP 423 %s); session_start() fails (set SESSION_SERVICE_ON_LOCK_TIMEOUT=readonly to serve it read-only instead)', self::label($id), $this->lockWaitMs, $r['url'], self::reason($r)));
+            $this->fail($id, sprintf('lock not obtained within %d ms at %s (HTTP 423 %s); session_start() fails (set SESSION_SERVICE_ON_LOCK_TIMEOUT=readonly to serve it read-only instead)', $this->lockWaitMs, $r['url'], self::reason($r)));
 
             return false;
         }
@@ -408,7 +435,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
     private function readFailed(string $op, string $id, array $r): string|false
     {
         if (self::isUnavailable($r) && self::ON_UNAVAILABLE_EMPTY === $this->onUnavailable) {
-            self::log(sprintf('%s: %s failed: %s; on_unavailable=empty: starting with an empty session that will not be saved (the stored session is left as it is)', self::label($id), $op, self::describe($r)));
+            $this->fail($id, sprintf('%s failed: %s; on_unavailable=empty: starting with an empty session that will not be saved (the stored session is left as it is)', $op, self::describe($r)));
             $this->degraded = true;
 
             return '';
@@ -750,7 +777,14 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             409 => ' (the lock was lost: its lease ran out or the session was destroyed; this request\'s changes are not saved)',
             default => '',
         };
-        self::log(sprintf('%s: %s failed: %s%s%s', self::label($id), $op, self::describe($r), $hint, $suffix));
+        $this->fail($id, sprintf('%s failed: %s%s%s', $op, self::describe($r), $hint, $suffix));
+    }
+
+    /** Log a failure of this session (never its raw id) and keep it for lastError(). */
+    private function fail(string $id, string $message): void
+    {
+        $this->lastError = $message;
+        self::log(sprintf('%s: %s', self::label($id), $message));
     }
 
     private static function label(string $id): string

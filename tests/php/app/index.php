@@ -59,6 +59,8 @@ switch ($op) {
             $_SESSION['blob'] = $blob;
             $out['sha256'] = hash('sha256', $blob);
             $out['written'] = session_write_close();
+            // written is true even when the handler's write failed (PHP 8.2): ask it
+            $out['error'] = SessionService\Handler::registered()?->lastError();
         }
         break;
 
