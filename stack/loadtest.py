@@ -42,6 +42,17 @@ def mariadb_url(host: str = "127.0.0.1", port: int = 3306) -> str | None:
     return f"mysql+pymysql://root@{host}:{port}/{MARIADB_DATABASE}"
 
 
+def drop_loadtest_database(host: str = "127.0.0.1", port: int = 3306) -> None:
+    """Leave the local MariaDB as it was found: drop the database mariadb_url() made."""
+    import pymysql
+
+    with (
+        pymysql.connect(host=host, port=port, user="root", password="") as conn,
+        conn.cursor() as cur,
+    ):
+        cur.execute(f"DROP DATABASE IF EXISTS `{MARIADB_DATABASE}`")
+
+
 def read_stats(csv_path: Path) -> list[dict[str, str]]:
     with csv_path.open(newline="") as f:
         return list(csv.DictReader(f))
@@ -78,17 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def choose_db(args: argparse.Namespace, out: Output) -> str:
+def choose_db(args: argparse.Namespace, out: Output) -> tuple[str, bool]:
+    """The database URL, and whether this run created it on the local MariaDB."""
     if args.db:
-        return str(args.db)
+        return str(args.db), False
     if os.environ.get("SESSION_DB_URL"):
-        return os.environ["SESSION_DB_URL"]
+        return os.environ["SESSION_DB_URL"], False
     if not args.sqlite:
         url = mariadb_url()
         if url:
-            return url
+            return url, True
         out.step("MariaDB is not reachable on 127.0.0.1:3306: using SQLite")
-    return f"sqlite:///{(args.out / 'sessions.db').resolve()}"
+    return f"sqlite:///{(args.out / 'sessions.db').resolve()}", False
 
 
 def report(out: Output, rows: list[dict[str, str]], summary: dict[str, Any], seconds: int) -> None:
@@ -140,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     html_path = args.out / "report.html"
     for stale in [summary_path, html_path, *args.out.glob("locust_*.csv")]:
         stale.unlink(missing_ok=True)
+    db_url, created_db = choose_db(args, out)
     config = StackConfig(
-        db_url=choose_db(args, out),
+        db_url=db_url,
         nodes=args.nodes,
         node_workers=args.node_workers,
         workdir=args.out / "stack",
@@ -179,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         finally:
             stack.stop()
+            if created_db:
+                drop_loadtest_database()
 
     try:
         rows = read_stats(Path(f"{prefix}_stats.csv"))
