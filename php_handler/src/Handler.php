@@ -664,6 +664,11 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             $beforeRequest = \in_array($errno, [\CURLE_COULDNT_CONNECT, \CURLE_COULDNT_RESOLVE_HOST], true)
                 || (\CURLE_OPERATION_TIMEDOUT === $errno && !$sent);
             if (!$beforeRequest) {
+                if (0 === $answered && !\in_array($errno, self::TLS_ERRORS, true)) {
+                    // It reached the service (timed out or reset while waiting): not "unreachable".
+                    $result['error'] = 'the request went out, then '.$error;
+                }
+
                 return $result;
             }
             if ($attempt < $count - 1) {
@@ -758,6 +763,9 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         if (0 === $r['status']) {
             if (str_starts_with((string) $r['error'], 'incomplete answer')) {
                 return sprintf('%s from %s', $r['error'], $r['url']);
+            }
+            if (str_starts_with((string) $r['error'], 'the request went out')) {
+                return sprintf('no answer from %s: %s', $r['url'], $r['error']);
             }
 
             return sprintf('service unreachable at %s (%s)', $r['url'], $r['error'] ?? 'no answer');

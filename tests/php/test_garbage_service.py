@@ -134,11 +134,11 @@ CASES: dict[str, tuple[Action, str]] = {
     "slow": (
         # not forwarded: a late forward would land in the next test
         Action("slow", 503, "application/json", b'{"error": "unavailable"}', seconds=SLOW),
-        r"^service unreachable at URL \(curl error 28: ",
+        r"^no answer from URL: the request went out, then curl error 28: ",
     ),
     "reset": (
         Action("reset"),
-        r"^service unreachable at URL \(curl error (52|56): ",
+        r"^no answer from URL: the request went out, then curl error (52|56): ",
     ),
 }
 

@@ -488,7 +488,8 @@ def test_request_timed_out_after_sending_is_not_retried_elsewhere(
     assert out["n"] == 2
     node.expect(
         LOG
-        + rf"write failed: service unreachable at {first.url}/v1/sessions/\{{sid\}} \(curl error 28"
+        + rf"write failed: no answer from {first.url}/v1/sessions/\{{sid\}}: "
+        + "the request went out, then curl error 28"
     )
     node.expect(WRITE_FAILED)
     node.collect()
