@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PHP_PACKAGES := php-cli php-curl php-msgpack php-mysql php-symfony-http-foundation
+PHP_PACKAGES := php-cli php-curl php-msgpack php-mysql php-symfony-http-foundation composer
 PYTEST_ARGS ?=
 
 E2E_PACKAGES := chromium chromium-driver
