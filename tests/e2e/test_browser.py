@@ -3,11 +3,13 @@ over page loads that land on different nodes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
 from stack.runner import Stack
@@ -17,11 +19,30 @@ def text(driver: WebDriver, element_id: str) -> str:
     return str(driver.find_element(By.ID, element_id).text)
 
 
+def replaced(page: WebElement) -> Callable[[WebDriver], bool]:
+    """Like expected_conditions.staleness_of, for a page being replaced right now:
+    Chromium may then answer "Node with given id does not belong to the document"
+    instead of a stale-element error, which staleness_of does not expect."""
+
+    def check(_driver: WebDriver) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if "does not belong to the document" in str(error):
+                return True
+            raise
+        return False
+
+    return check
+
+
 def click(driver: WebDriver, element_id: str) -> str:
     """Click a form button (POST, 303, GET) and return the node that served the new page."""
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, element_id).click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 15).until(replaced(page))
     return text(driver, "node")
 
 
