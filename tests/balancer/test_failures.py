@@ -40,11 +40,7 @@ def test_a_killed_backend_fails_no_get_then_rejoins_after_its_checks_pass(
     b2.start()
     balancer.wait_state("b2", "UP")
     marks = [len(h.names) for h in hammers]
-    while sum(len(h.names) for h in hammers) < sum(marks) + 60:
-        threading.Event().wait(0.02)
-    for hammer in hammers:
-        hammer.halt.set()
-        hammer.join(30)
+    finish(hammers, sum(marks) + 60)
     assert [h.failures for h in hammers] == [[], [], []]
     assert sum(len(h.names) for h in hammers) > 100
     assert "b2" in {name for h, mark in zip(hammers, marks, strict=True) for name in h.names[mark:]}
@@ -131,6 +127,15 @@ class Hammer(threading.Thread):
         conn.close()
 
 
+def finish(hammers: list[Hammer], total: int) -> None:
+    """Let the hammers run until they have `total` answers between them, then stop them."""
+    while sum(len(h.names) for h in hammers) < total:
+        threading.Event().wait(0.02)
+    for hammer in hammers:
+        hammer.halt.set()
+        hammer.join(30)
+
+
 def test_sighup_reloads_the_backends_with_no_failed_request(
     backends: list[BackendProcess], start_balancer: StartBalancer, tmp_path: Path
 ) -> None:
@@ -163,11 +168,7 @@ def test_sighup_reloads_the_backends_with_no_failed_request(
     while any(len(h.names) < n + 2 for h, n in zip(hammers, switched, strict=True)):
         threading.Event().wait(0.02)
     marks = [len(h.names) for h in hammers]
-    while sum(len(h.names) for h in hammers) < sum(marks) + 300:
-        threading.Event().wait(0.02)
-    for hammer in hammers:
-        hammer.halt.set()
-        hammer.join(30)
+    finish(hammers, sum(marks) + 300)
     assert [h.failures for h in hammers] == [[], [], []]
     before = Counter(name for h, mark in zip(hammers, pre, strict=True) for name in h.names[:mark])
     after = Counter(name for h, mark in zip(hammers, marks, strict=True) for name in h.names[mark:])
