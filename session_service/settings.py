@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         description="serve a single MySQL/MariaDB primary from the event loop (asyncmy) "
         "instead of worker threads",
     )
+    db_prepared_statements: bool = Field(
+        default=True,
+        description="on the event-loop path, send statements as server-side prepared "
+        "statements (off: text protocol, e.g. behind a proxy without them)",
+    )
     db_connect_timeout: float = Field(default=3.0, gt=0, description="database connect timeout")
     db_retry_seconds: float = Field(
         default=3.0, ge=0, description="how long transient database errors are retried"

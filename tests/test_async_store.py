@@ -1,5 +1,6 @@
 """The service's event-loop path on the real MariaDB: AsyncSessionStore over asyncmy,
-with bytes sent as hexadecimal literals up to HEX_LIMIT and escaped beyond it."""
+with server-side prepared statements (the default), and on the text protocol with
+bytes sent as hexadecimal literals up to HEX_LIMIT and escaped beyond it."""
 
 from __future__ import annotations
 
@@ -22,11 +23,19 @@ def _payload(size: int) -> bytes:
     return (every_byte * (size // 256 + 1))[: size // 2] + os.urandom(size - size // 2)
 
 
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "text"])
 @pytest.mark.parametrize("size", SIZES)
-def test_data_round_trips_exactly_through_lock_write_and_read(mariadb_url: str, size: int) -> None:
-    store = SessionStore(Settings(db_url=mariadb_url, max_data_bytes=8 * 1024 * 1024))
+def test_data_round_trips_exactly_through_lock_write_and_read(
+    mariadb_url: str, size: int, prepared: bool
+) -> None:
+    store = SessionStore(
+        Settings(
+            db_url=mariadb_url, max_data_bytes=8 * 1024 * 1024, db_prepared_statements=prepared
+        )
+    )
     sessions = AsyncSessionStore(store)
     assert sessions.in_event_loop, "a single MariaDB primary runs on the event loop"
+    assert sessions.runner is not None and sessions.runner.prepared is prepared
     sid, data = session_id(), _payload(size)
 
     async def main() -> None:
@@ -46,3 +55,41 @@ def test_data_round_trips_exactly_through_lock_write_and_read(mariadb_url: str, 
             store.close()
 
     asyncio.run(main())
+
+
+def test_statements_are_prepared_once_per_connection(mariadb_url: str) -> None:
+    """The server sees each statement prepared once, then executed: no re-parsing."""
+    import pymysql
+
+    store = SessionStore(Settings(db_url=mariadb_url, db_pool_size=1))
+    sessions = AsyncSessionStore(store)
+    admin = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+
+    def counters() -> dict[str, int]:
+        with admin.cursor() as cur:
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Com_stmt_%'")
+            return {name: int(value) for name, value in cur.fetchall()}
+
+    async def cycles(count: int) -> None:
+        for _ in range(count):
+            sid = session_id()
+            attempt = await sessions.try_lock("default", sid, 5000)
+            assert attempt.record is not None
+            await sessions.write("default", sid, b"x", 600, lock=attempt.record.lock)
+
+    async def main() -> tuple[dict[str, int], dict[str, int]]:
+        try:
+            await cycles(2)  # the pool's one connection prepares what a cycle runs
+            before = counters()
+            await cycles(20)
+            return before, counters()
+        finally:
+            await sessions.close()
+            store.close()
+            admin.close()
+
+    before, after = asyncio.run(main())
+    executed = after["Com_stmt_execute"] - before["Com_stmt_execute"]
+    assert executed >= 40, "each lock and each write runs as a prepared statement"
+    # other clients of this server (tests running beside) may prepare their own
+    assert after["Com_stmt_prepare"] - before["Com_stmt_prepare"] < executed // 4
