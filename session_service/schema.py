@@ -84,6 +84,31 @@ def current_version(engine: Engine) -> int:
         return int(row[0]) if row else 0
 
 
+class SchemaConflict(RuntimeError):
+    """A table the service needs exists with another shape (another application's)."""
+
+
+def check_tables(engine: Engine) -> None:
+    """Raise SchemaConflict when a table of ours exists without the columns we use.
+
+    create_all(checkfirst=True) leaves an existing table alone, so a database that
+    already has another application's `sessions` table would migrate "successfully"
+    and then fail every request with "Unknown column".
+    """
+    found = inspect(engine)
+    for table in metadata.sorted_tables:
+        if not found.has_table(table.name):
+            continue
+        present = {column["name"].lower() for column in found.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name.lower() not in present]
+        if missing:
+            raise SchemaConflict(
+                f'table "{table.name}" exists but is not session-service\'s (it has no '
+                f"{', '.join(missing)} column{'s' if len(missing) > 1 else ''}); give "
+                "session-service a database of its own, or rename that table"
+            )
+
+
 def migrate(engine: Engine) -> int:
     """Create or upgrade the schema; safe to run again and from several instances at once."""
     before = current_version(engine)
@@ -94,11 +119,13 @@ def migrate(engine: Engine) -> int:
         )
     if before == SCHEMA_VERSION:
         return before
+    check_tables(engine)
     try:
         metadata.create_all(engine, checkfirst=True)
     except DBAPIError as exc:  # another instance created a table between check and create
         log.info("schema created concurrently (%s); checking again", exc.orig)
         metadata.create_all(engine, checkfirst=True)
+    check_tables(engine)
     with engine.begin() as conn:
         changed = conn.execute(
             update(schema_info).where(schema_info.c.id == 1).values(version=SCHEMA_VERSION)

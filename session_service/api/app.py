@@ -34,11 +34,11 @@ from session_service.api.background_gc import run_gc_forever
 from session_service.api.codec import encode
 from session_service.api.lockwait import LockWaiter
 from session_service.api.observability import MetricsMiddleware
+from session_service.api.schema_setup import SchemaSetup
 from session_service.api.sessions import LeanPath, SessionEndpoints
 from session_service.async_store import AsyncSessionStore
 from session_service.errors import StoreUnavailable
 from session_service.ids import SESSION_ID_PATTERN
-from session_service.schema import migrate
 from session_service.settings import Settings, read_tokens
 from session_service.store import SessionStore
 
@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     sessions = AsyncSessionStore(store)
     waiter = LockWaiter(sessions)
     endpoints = SessionEndpoints(settings, auth, sessions, waiter)
+    schema = SchemaSetup(store, settings.auto_migrate)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -127,11 +128,12 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         # pool, and a pool smaller than the threads would open and close connections.
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = settings.db_pool_size
+        schema_task = None
         if settings.auto_migrate:
-            try:
-                await run_in_threadpool(migrate, store.engine)
-            except Exception as error:  # the service still starts; /readyz tells the truth
-                log.error("schema migration failed at start-up: %s", error)
+            # The first attempt before serving; if the database is down, the service
+            # starts anyway and keeps trying (/readyz tells the truth meanwhile).
+            schema_task = asyncio.create_task(schema.run_until_done())
+            await asyncio.wait([schema_task], timeout=settings.db_connect_timeout + 2)
         gc_task = (
             asyncio.create_task(run_gc_forever(store, settings.gc_interval))
             if settings.gc_interval > 0
@@ -140,8 +142,9 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         try:
             yield
         finally:
-            if gc_task is not None:
-                gc_task.cancel()
+            for task in (gc_task, schema_task):
+                if task is not None:
+                    task.cancel()
             await sessions.close()
             store.close()
 
@@ -267,6 +270,10 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         except (StoreUnavailable, TimeoutError) as error:
             reason = str(error) or "database did not answer within 5 s"
             return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+        if schema.problem is not None:
+            return JSONResponse(
+                {"status": "unavailable", "reason": schema.problem}, status_code=503
+            )
         return JSONResponse({"status": "ready"})
 
     @app.get(

@@ -1,0 +1,121 @@
+"""The schema at start-up: created even when the database comes later, and never
+silently "migrated" over another application's table of the same name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from session_service.client import SessionClient
+from session_service.schema import SchemaConflict, migrate
+from session_service.settings import Settings
+from session_service.store import SessionStore
+from tests.support import (
+    ROOT,
+    ServiceProcess,
+    create_database,
+    drop_database,
+    mariadb_connect,
+    mariadb_url,
+    session_id,
+    wait_until,
+)
+
+FOREIGN_TABLE = (
+    "CREATE TABLE sessions (sess_id VARBINARY(128) NOT NULL PRIMARY KEY, "
+    "sess_data MEDIUMBLOB NOT NULL, sess_lifetime INTEGER UNSIGNED NOT NULL, "
+    "sess_time INTEGER UNSIGNED NOT NULL) ENGINE=InnoDB"
+)  # Symfony's PdoSessionHandler names its table "sessions" too
+
+
+@pytest.fixture
+def foreign_database() -> Iterator[str]:
+    name = create_database()
+    with mariadb_connect(name) as conn, conn.cursor() as cur:
+        cur.execute(FOREIGN_TABLE)
+    yield name
+    drop_database(name)
+
+
+def test_migrate_refuses_another_applications_sessions_table(foreign_database: str) -> None:
+    store = SessionStore(Settings(db_url=mariadb_url(foreign_database)))
+    try:
+        with pytest.raises(SchemaConflict, match=r'table "sessions" exists but is not session-'):
+            migrate(store.engine)
+    finally:
+        store.close()
+    with mariadb_connect(foreign_database) as conn, conn.cursor() as cur:
+        cur.execute("SHOW COLUMNS FROM sessions")
+        assert [row[0] for row in cur.fetchall()] == [
+            "sess_id",
+            "sess_data",
+            "sess_lifetime",
+            "sess_time",
+        ]
+
+
+def test_migrate_command_names_the_conflict_without_a_traceback(foreign_database: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "session_service", "migrate", "--db", mariadb_url(foreign_database)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert 'table "sessions" exists but is not session-service\'s' in done.stderr
+    assert "a database of its own" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_service_is_not_ready_over_a_foreign_table(foreign_database: str, tmp_path: Path) -> None:
+    service = ServiceProcess(mariadb_url(foreign_database), log_path=tmp_path / "service.log")
+    service.start(wait_ready=False)
+    try:
+
+        def answer() -> httpx.Response | None:
+            try:
+                return httpx.get(service.url + "/readyz", timeout=2)
+            except httpx.HTTPError:
+                return None
+
+        assert wait_until(lambda: answer() is not None, 20)
+        reply = answer()
+        assert reply is not None and reply.status_code == 503
+        assert 'table "sessions" exists but is not session-service' in reply.json()["reason"]
+    finally:
+        service.stop()
+
+
+def test_schema_is_created_when_the_database_appears_after_start(tmp_path: Path) -> None:
+    """Started before its database exists (as when MariaDB is still coming up): not
+    ready meanwhile, then the schema is created without a restart."""
+    name = f"sstest_{uuid.uuid4().hex[:12]}"
+    service = ServiceProcess(mariadb_url(name), log_path=tmp_path / "service.log")
+    service.start(wait_ready=False)
+    try:
+        assert wait_until(lambda: _status(service) == 503, 20), "answers, but not ready"
+        with mariadb_connect() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        assert wait_until(service.ready, 40), "the schema was created by the retry"
+        with SessionClient(service.url, "secret") as client:
+            sid = session_id()
+            record = client.lock(sid)
+            client.write(sid, b"after the database came", 60, lock=record.lock)
+            assert client.read(sid).data == b"after the database came"
+    finally:
+        service.stop()
+        drop_database(name)
+
+
+def _status(service: ServiceProcess) -> int:
+    try:
+        return httpx.get(service.url + "/readyz", timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
