@@ -143,13 +143,16 @@ class _Compiled:
         #: the parameters the SQL uses: the store's dicts carry more, and the driver
         #: escapes every value it is given
         self.names = tuple(dict.fromkeys(self.compiled.bind_names.values()))
+        #: the namedtuple of its result rows, made from the first result's columns
+        self.row_type: Any = None
 
     def arguments(self, params: dict[str, Any]) -> Any:
         defaults = self.defaults
-        values = {name: params[name] if name in params else defaults[name] for name in self.names}
         if self.positional is None:
-            return values
-        return tuple(values[name] for name in self.positional)
+            return {name: params[name] if name in params else defaults[name] for name in self.names}
+        return tuple(
+            [params[name] if name in params else defaults[name] for name in self.positional]
+        )
 
 
 class Outcome:
@@ -193,21 +196,30 @@ class GreenConnection:
         args = compiled.arguments(params or {})
         try:
             return await_in_greenlet(
-                self._execute(compiled.sql, args if runner.prepared else with_hex_literals(args))
+                self._execute(compiled, args if runner.prepared else with_hex_literals(args))
             )
         except my_errors.Error as error:
             code = error.args[0] if error.args and isinstance(error.args[0], int) else None
             self.runner.mark_broken(self.raw, code)
             raise sa_exc.DBAPIError.instance(compiled.sql, args, error, my_errors.Error) from error
 
-    async def _execute(self, sql: str, args: Any) -> Outcome:
-        async with self.raw.cursor() as cursor:
-            await cursor.execute(sql, args)
-            rows: list[Any] = []
-            if cursor.description:
-                row_type = self.runner.row_type(tuple(d[0] for d in cursor.description))
-                rows = [row_type(*row) for row in await cursor.fetchall()]
-            return Outcome(rows, cursor.rowcount, cursor.lastrowid)
+    async def _execute(self, compiled: _Compiled, args: Any) -> Outcome:
+        # One cursor per connection, reused: a buffered cursor keeps nothing between
+        # statements that the next execute() does not reset.
+        raw = self.raw
+        cursor = getattr(raw, "_session_service_cursor", None)
+        if cursor is None:
+            cursor = raw._session_service_cursor = raw.cursor()
+        await cursor.execute(compiled.sql, args)
+        rows: list[Any] = []
+        if cursor.description:
+            row_type = compiled.row_type
+            if row_type is None:
+                row_type = compiled.row_type = self.runner.row_type(
+                    tuple(d[0] for d in cursor.description)
+                )
+            rows = [row_type(*row) for row in await cursor.fetchall()]
+        return Outcome(rows, cursor.rowcount, cursor.lastrowid)
 
 
 # -- the runner --------------------------------------------------------------------------
@@ -393,13 +405,16 @@ class AsyncSessionStore:
         return await getattr(self._ops, name)(*args, **kwargs)
 
     async def read(self, namespace: str, sid: str) -> SessionRecord | None:
-        return cast(SessionRecord | None, await self._call("read", namespace, sid))
+        record: SessionRecord | None = await self._call("read", namespace, sid)
+        return record
 
     async def exists(self, namespace: str, sid: str) -> bool:
-        return cast(bool, await self._call("exists", namespace, sid))
+        found: bool = await self._call("exists", namespace, sid)
+        return found
 
     async def try_lock(self, namespace: str, sid: str, lease_ms: int) -> LockAttempt:
-        return cast(LockAttempt, await self._call("try_lock", namespace, sid, lease_ms))
+        attempt: LockAttempt = await self._call("try_lock", namespace, sid, lease_ms)
+        return attempt
 
     async def write(
         self,
@@ -411,15 +426,16 @@ class AsyncSessionStore:
         lock: str | None = None,
         if_version: int | None = None,
     ) -> WriteResult:
-        return cast(
-            WriteResult,
-            await self._call("write", namespace, sid, data, ttl, lock=lock, if_version=if_version),
+        result: WriteResult = await self._call(
+            "write", namespace, sid, data, ttl, lock=lock, if_version=if_version
         )
+        return result
 
     async def touch(
         self, namespace: str, sid: str, ttl: int, *, lock: str | None = None
     ) -> WriteResult:
-        return cast(WriteResult, await self._call("touch", namespace, sid, ttl, lock=lock))
+        result: WriteResult = await self._call("touch", namespace, sid, ttl, lock=lock)
+        return result
 
     async def release(self, namespace: str, sid: str, lock: str) -> None:
         await self._call("release", namespace, sid, lock)

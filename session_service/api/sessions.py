@@ -72,15 +72,28 @@ class Call:
 
     def query(self, name: str) -> str | None:
         if self._query is None:
-            pairs = parse_qsl(self.query_string.decode("latin-1"), keep_blank_values=True)
-            self._query = {}
-            for key, value in pairs:
-                self._query.setdefault(key, value)
+            self._query = _parse_query(self.query_string.decode("latin-1"))
         return self._query.get(name)
 
     @property
     def msgpack(self) -> bool:
         return prefers_msgpack(self.accept, self.content_type)
+
+
+def _parse_query(query: str) -> dict[str, str]:
+    """Query parameters, the first of each name counting. The usual query here
+    (`wait_ms=5000&lease_ms=30000`) has nothing escaped: split it directly, which
+    costs a tenth of parse_qsl; anything with % or + goes through parse_qsl."""
+    found: dict[str, str] = {}
+    if "%" in query or "+" in query:
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            found.setdefault(key, value)
+        return found
+    for pair in query.split("&"):
+        if pair:
+            key, _, value = pair.partition("=")
+            found.setdefault(key, value)
+    return found
 
 
 _WANTED = frozenset((b"authorization", b"content-type", b"accept", b"content-length"))
