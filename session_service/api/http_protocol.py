@@ -6,7 +6,8 @@ they buy here:
 
 - it writes a response's status line and headers, then its body: two send()
   calls and, with TCP_NODELAY, two packets that wake the client twice. Here the
-  writes of one event-loop pass are joined (what TCP_CORK does in the kernel);
+  writes of one event-loop pass are joined (what TCP_CORK does in the kernel),
+  and a reply that is already whole goes out at once;
 - it asks each new connection's socket for its addresses, seven system calls,
   and PHP opens a connection per request. Here it reads the addresses the event
   loop already knows;
@@ -54,9 +55,20 @@ class CoalescingTransport:
             self._loop.call_soon(self.flush)
         self._pending.append(bytes(data))
 
+    def write_whole(self, data: bytes) -> None:
+        """A whole response in one piece: straight out, unless writes of this pass are
+        still waiting (they go first)."""
+        if self._pending:
+            self._pending.append(data)
+        elif not self._transport.is_closing():
+            self._transport.write(data)
+
     def writelines(self, lines: Any) -> None:
         for line in lines:
             self.write(line)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
     def flush(self) -> None:
         if not self._pending:
@@ -123,7 +135,7 @@ class DirectCycle:
         self.lean = lean
         self.scope = scope
         self.route = route
-        self.transport = protocol.transport
+        self.transport: CoalescingTransport = protocol.transport  # type: ignore[assignment]
         self.flow = protocol.flow
         self.message_event = asyncio.Event()
         self.keep_alive = keep_alive
@@ -178,7 +190,7 @@ class DirectCycle:
         parts.append(b"\r\n")
         if self.scope["method"] != "HEAD":
             parts.append(reply.body)
-        self.transport.write(b"".join(parts))
+        self.transport.write_whole(b"".join(parts))
         self.response_complete = True
         self.message_event.set()
         if not self.keep_alive:
