@@ -13,7 +13,7 @@ E2E_PACKAGES := chromium chromium-driver
 CLUSTER_PACKAGES := mariadb-server galera-4 rsync
 ARGS ?=
 
-.PHONY: help venv system-php system-e2e system-cluster mariadb test test-php lint run demo loadtest chaos bench-store bench-balancer bench-php clean
+.PHONY: help venv system-php system-e2e system-cluster mariadb test test-php lint run demo loadtest chaos bench-store bench-instructions bench-balancer bench-php clean
 
 help:
 	@echo "make demo        run the whole stack and show sessions surviving any node"
@@ -23,6 +23,7 @@ help:
 	@echo "make loadtest    the stack under locust for a bounded time, with a consistency verdict"
 	@echo "make chaos       fault runs under load (kill a node / a service, restart MariaDB, freeze a service): nothing lost"
 	@echo "make bench-store store and service benchmark against MariaDB (bench/store.py)"
+	@echo "make bench-instructions   the service's instructions per lock+write cycle (callgrind)"
 	@echo "make bench-balancer / bench-php   the balancer and PHP handler benchmarks"
 
 $(PY):
@@ -78,6 +79,10 @@ chaos: venv system-php
 
 bench-store: venv mariadb
 	$(PY) bench/store.py $(ARGS)
+
+bench-instructions: venv mariadb
+	@scripts/require-packages.sh valgrind
+	$(PY) bench/instructions.py $(ARGS)
 
 bench-balancer: venv
 	@scripts/require-packages.sh wrk pen haproxy nginx

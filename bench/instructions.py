@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Instructions the service executes per lock+write cycle, counted by callgrind.
+
+Throughput on a shared 2-core machine moves by 10 to 30 percent from minute to
+minute (bench/store.py shows it); an instruction count does not. This runs the
+service under valgrind's callgrind with counting switched off, drives warm-up
+cycles, then counts exactly N lock+write cycles (16 clients, each on its own
+sessions, as bench/store.py's (a)), and prints instructions per cycle for:
+
+  default      the service as configured by default
+  text-sql     the same with --no-db-prepared-statements (the text protocol),
+               as a baseline in the same run
+
+User-space instructions of the service process only (the kernel, MariaDB and the
+client are not counted); a change to the hot path that lowers this number makes
+the service cheaper per request. Needs valgrind and a MariaDB on 127.0.0.1:3306.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httptools
+import httpx
+import msgpack
+import pymysql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from store import TTL, _Response, incremented  # noqa: E402
+
+from session_service.schema import migrate  # noqa: E402
+from session_service.settings import Settings  # noqa: E402
+from session_service.store import SessionStore  # noqa: E402
+
+CLIENTS = 16
+
+
+async def _client(port: int, token: str, worker: int, cycles: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    auth = f"Authorization: Bearer {token}\r\n"
+    sids = [f"{uuid.uuid4().hex}i{worker}" for _ in range(5)]
+
+    async def request(head: str, body: bytes = b"") -> tuple[int, bytes]:
+        writer.write(head.encode() + body)
+        response = _Response()
+        parser = httptools.HttpResponseParser(response)
+        while not response.done:
+            chunk = await reader.read(65536)
+            if not chunk:
+                raise ConnectionError("service closed the connection")
+            parser.feed_data(chunk)
+        return parser.get_status_code(), bytes(response.body)
+
+    for i in range(cycles):
+        sid = sids[i % len(sids)]
+        status, body = await request(
+            f"POST /v1/sessions/{sid}/lock?wait_ms=10000 HTTP/1.1\r\nHost: b\r\n{auth}"
+            "Accept: application/msgpack\r\nContent-Length: 0\r\n\r\n"
+        )
+        assert status == 200, (status, body[:200])
+        record = msgpack.unpackb(body)
+        payload = msgpack.packb(
+            {"data": incremented(record["data"]), "ttl": TTL, "lock": record["lock"]}
+        )
+        status, body = await request(
+            f"PUT /v1/sessions/{sid} HTTP/1.1\r\nHost: b\r\n{auth}"
+            "Content-Type: application/msgpack\r\nAccept: application/msgpack\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n",
+            payload,
+        )
+        assert status == 200, (status, body[:200])
+    writer.close()
+
+
+def _drive(port: int, token: str, cycles: int) -> None:
+    async def main() -> None:
+        await asyncio.gather(*(_client(port, token, w, cycles) for w in range(CLIENTS)))
+
+    asyncio.run(main())
+
+
+def count(url: str, extra: list[str], cycles: int, workdir: Path) -> float:
+    """Instructions per cycle of one service process under callgrind."""
+    token = secrets.token_urlsafe(16)
+    port = 19000 + os.getpid() % 1000
+    out = workdir / f"callgrind.{uuid.uuid4().hex[:6]}"
+    args = [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+        sys.executable, "-m", "session_service", "serve", "--db", url, "--port", str(port),
+        "--tokens", f"bench:{token}", "--log-level", "warning", "--gc-interval", "0", *extra,
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the service did not start under valgrind")
+            time.sleep(0.5)
+        _drive(port, token, 10)  # warm: sessions exist, statements prepared, code paths hot
+        subprocess.run(
+            ["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True
+        )
+        _drive(port, token, cycles)
+        subprocess.run(
+            ["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True
+        )
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    total = 0
+    for dump in workdir.glob(out.name + "*"):
+        for line in dump.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                total = max(total, int(line.split()[1]))
+    if not total:
+        raise SystemExit("callgrind wrote no counts")
+    return total / (CLIENTS * cycles)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cycles", type=int, default=40, help="counted cycles per client")
+    parser.add_argument("--only-default", action="store_true", help="skip the text-sql baseline")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind is not installed: apt-get install valgrind")
+
+    database = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    admin.cursor().execute(f"CREATE DATABASE {database}")
+    url = f"mysql+pymysql://root@127.0.0.1:3306/{database}"
+    store = SessionStore(Settings(db_url=url))
+    migrate(store.engine)
+    store.close()
+    variants = {"default": []} if args.only_default else {
+        "default": [], "text-sql": ["--no-db-prepared-statements"],
+    }  # fmt: skip
+    results: dict[str, float] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, extra in variants.items():
+                results[name] = count(url, extra, args.cycles, Path(tmp))
+                print(
+                    f"{name:10s} {results[name] / 1000:8.1f} k instructions per lock+write cycle",
+                    flush=True,
+                )
+    finally:
+        admin.cursor().execute(f"DROP DATABASE {database}")
+    if "text-sql" in results:
+        print(f"\ndefault / text-sql: {results['default'] / results['text-sql']:.2f}")
+    print(f"({CLIENTS} clients x {args.cycles} counted cycles each, service process only)")
+
+
+if __name__ == "__main__":
+    main()
