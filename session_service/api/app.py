@@ -36,6 +36,7 @@ from session_service.api.lockwait import LockWaiter
 from session_service.api.observability import MetricsMiddleware
 from session_service.api.schema_setup import SchemaSetup
 from session_service.api.sessions import LeanPath, SessionEndpoints
+from session_service.api.tally import RequestTally
 from session_service.async_store import AsyncSessionStore
 from session_service.errors import StoreUnavailable
 from session_service.ids import SESSION_ID_PATTERN
@@ -118,7 +119,8 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     )
     store = store or SessionStore(settings)
     sessions = AsyncSessionStore(store)
-    waiter = LockWaiter(sessions)
+    tally = RequestTally()
+    waiter = LockWaiter(sessions, tally.lock_wait)
     endpoints = SessionEndpoints(settings, auth, sessions, waiter)
     schema = SchemaSetup(store, settings.auto_migrate)
 
@@ -134,6 +136,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
             # starts anyway and keeps trying (/readyz tells the truth meanwhile).
             schema_task = asyncio.create_task(schema.run_until_done())
             await asyncio.wait([schema_task], timeout=settings.db_connect_timeout + 2)
+        tally_task = asyncio.create_task(tally.flush_forever())
         gc_task = (
             asyncio.create_task(run_gc_forever(store, settings.gc_interval))
             if settings.gc_interval > 0
@@ -142,7 +145,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         try:
             yield
         finally:
-            for task in (gc_task, schema_task):
+            for task in (gc_task, schema_task, tally_task):
                 if task is not None:
                     task.cancel()
             await sessions.close()
@@ -283,10 +286,11 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
     )
     async def prometheus_metrics() -> Response:
+        tally.flush()  # this process's counts are exact in the answer
         return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
     _document_limits(app, settings)
-    return LeanPath(endpoints, MetricsMiddleware(app))
+    return LeanPath(endpoints, MetricsMiddleware(app), tally)
 
 
 def _document_limits(app: FastAPI, settings: Settings) -> None:

@@ -22,11 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from session_service import metrics
 from session_service.api.auth import TokenAuth
 from session_service.api.codec import decode, encode_body, int_field, prefers_msgpack, str_field
 from session_service.api.lockwait import LockWaiter
 from session_service.api.problems import ApiError, from_store_error
+from session_service.api.tally import RequestTally
 from session_service.async_store import AsyncSessionStore
 from session_service.errors import StoreError
 from session_service.ids import is_valid_session_id
@@ -326,16 +326,17 @@ class SessionEndpoints:
 class LeanPath:
     """ASGI app: /v1/sessions requests to the endpoints directly, the rest to `fallback`
     (FastAPI inside the metrics middleware). Records the same metrics as that middleware,
-    with the label children looked up once per (route, method, status).
+    counted in `tally` (tally.py) and added to Prometheus in bulk.
 
     `route()` and `answer()` are also used by the service's HTTP protocol
     (http_protocol.py), which answers these requests without an ASGI cycle at all."""
 
-    def __init__(self, endpoints: SessionEndpoints, fallback: ASGIApp) -> None:
+    def __init__(
+        self, endpoints: SessionEndpoints, fallback: ASGIApp, tally: RequestTally | None = None
+    ) -> None:
         self.endpoints = endpoints
         self.fallback = fallback
-        self._counters: dict[tuple[str, str, int], Any] = {}
-        self._latencies: dict[tuple[str, str], Any] = {}
+        self.tally = tally or RequestTally()
 
     def route(self, path: str, method: str) -> tuple[str, Endpoint, str] | None:
         """(session id, endpoint, route template) for a /v1/sessions request, else None."""
@@ -363,16 +364,5 @@ class LeanPath:
         started = time.perf_counter()
         call = Call(scope, receive)
         reply = await self.endpoints.serve(call, endpoint, sid, route)
-        self._record(route, call.method, reply.status, time.perf_counter() - started)
+        self.tally.request(route, call.method, reply.status, time.perf_counter() - started)
         return reply
-
-    def _record(self, route: str, method: str, status: int, seconds: float) -> None:
-        counter = self._counters.get((route, method, status))
-        if counter is None:
-            counter = metrics.HTTP_REQUESTS.labels(route, method, str(status))
-            self._counters[(route, method, status)] = counter
-        counter.inc()
-        latency = self._latencies.get((route, method))
-        if latency is None:
-            latency = self._latencies[(route, method)] = metrics.HTTP_LATENCY.labels(route, method)
-        latency.observe(seconds)
