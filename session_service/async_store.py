@@ -47,6 +47,9 @@ T = TypeVar("T")
 #: Prepared statements kept per connection: the store has about twenty statements.
 STATEMENT_CACHE_SIZE = 64
 
+#: Pooled connections older than this are closed and replaced (asyncmy's pool_recycle).
+_RECYCLE_SECONDS = 3600
+
 #: Connection errors after which a connection is not given back to the pool.
 _BROKEN = {2006, 2013, 2014, 2055, 1053, 1927, 4031}
 
@@ -236,6 +239,10 @@ class AsyncMySQLRunner:
         self._compile_with: Any = None
         self._row_types: dict[tuple[str, ...], Any] = {}
         self._pool: Any = None
+        #: connections back from a call, the last one on top (see _acquire)
+        self._idle: list[Any] = []
+        #: calls waiting in asyncmy's pool for a connection (then _release gives it there)
+        self._waiting = 0
         self._pool_lock = asyncio.Lock()
         url = make_url(store.settings.db_url)
         settings = store.settings
@@ -282,16 +289,47 @@ class AsyncMySQLRunner:
             raw._session_service_broken = True
 
     async def _acquire(self) -> Any:
+        # The connection given back last comes first (its buffers and the server's
+        # thread are warm), without a trip through asyncmy's pool.
+        idle = self._idle
+        while idle:
+            raw = idle.pop()
+            now = time.monotonic()
+            # closed by the server meanwhile (a restart, wait_timeout), as asyncmy's
+            # pool checks too, or due for recycling
+            if (
+                not raw.connected
+                or getattr(raw, "_stream_broken", False)
+                or now - raw._session_service_born >= _RECYCLE_SECONDS
+            ):
+                self._discard(raw)
+                continue
+            if self._ping_idle is not None and now - raw._session_service_idle_since >= (
+                self._ping_idle
+            ):
+                try:
+                    await raw.ping(reconnect=False)
+                except (my_errors.Error, OSError):  # closed by a restart or wait_timeout
+                    self._discard(raw)
+                    continue
+            return raw
         if self._pool is None:
             async with self._pool_lock:
                 if self.dialect.server_version_info is None:
                     await self._learn_server()
                 if self._pool is None:
                     self._pool = await asyncmy.create_pool(
-                        minsize=0, maxsize=self._pool_size, pool_recycle=3600, **self._connect_args
+                        minsize=0,
+                        maxsize=self._pool_size,
+                        pool_recycle=_RECYCLE_SECONDS,
+                        **self._connect_args,
                     )
         for _ in range(self._pool_size + 1):  # at most every pooled connection is stale
-            raw = await self._pool.acquire()
+            self._waiting += 1
+            try:
+                raw = await self._pool.acquire()
+            finally:
+                self._waiting -= 1
             idle_since = getattr(raw, "_session_service_idle_since", None)
             if (
                 self._ping_idle is not None
@@ -301,13 +339,14 @@ class AsyncMySQLRunner:
                 try:
                     await raw.ping(reconnect=False)
                 except (my_errors.Error, OSError):  # closed by a restart or wait_timeout
-                    raw._session_service_broken = True
-                    await self._release(raw)
+                    self._discard(raw)
                     continue
             if not getattr(raw, "_session_service_ready", False):
                 async with raw.cursor() as cursor:
                     await cursor.execute("SET SESSION innodb_lock_wait_timeout = 5")
                 raw._session_service_ready = True
+                raw._session_service_born = time.monotonic()
+                raw._session_service_green = GreenConnection(raw, self)
             return raw
         raise my_errors.OperationalError(2013, "no live connection in the pool")
 
@@ -322,12 +361,19 @@ class AsyncMySQLRunner:
 
         await run_in_threadpool(connect_once)  # a DBAPIError is retried by run()
 
-    async def _release(self, raw: Any) -> None:
+    def _release(self, raw: Any) -> None:
         if getattr(raw, "_session_service_broken", False):
-            raw.close()
+            self._discard(raw)
+        elif self._waiting:  # someone waits in the pool for a connection: this one
+            raw._session_service_idle_since = time.monotonic()
+            self._pool.release(raw)
         else:
             raw._session_service_idle_since = time.monotonic()
-        self._pool.release(raw)  # not a coroutine in asyncmy
+            self._idle.append(raw)
+
+    def _discard(self, raw: Any) -> None:
+        raw.close()
+        self._pool.release(raw)  # not a coroutine in asyncmy; a closed one is dropped
 
     async def run(
         self,
@@ -346,7 +392,7 @@ class AsyncMySQLRunner:
                         "CONNECT", None, error, my_errors.Error
                     ) from error
                 try:
-                    conn = GreenConnection(raw, self)
+                    conn = raw._session_service_green
                     if window.ambiguous and applied is not None:
                         done = await run_in_greenlet(applied, conn)
                         if done is not None:
@@ -355,7 +401,7 @@ class AsyncMySQLRunner:
                     self.store.retry.succeeded()
                     return result
                 finally:
-                    await self._release(raw)
+                    self._release(raw)
             except sa_exc.DBAPIError as error:
                 await asyncio.sleep(window.failed(error))
             except OSError as error:  # a socket error asyncmy did not wrap
@@ -369,6 +415,8 @@ class AsyncMySQLRunner:
 
     async def close(self) -> None:
         if self._pool is not None:
+            while self._idle:
+                self._pool.release(self._idle.pop())
             self._pool.close()
             await self._pool.wait_closed()
 

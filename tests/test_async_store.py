@@ -93,3 +93,26 @@ def test_statements_are_prepared_once_per_connection(mariadb_url: str) -> None:
     assert executed >= 40, "each lock and each write runs as a prepared statement"
     # other clients of this server (tests running beside) may prepare their own
     assert after["Com_stmt_prepare"] - before["Com_stmt_prepare"] < executed // 4
+
+
+def test_more_callers_than_pooled_connections_all_get_one(mariadb_url: str) -> None:
+    """Connections come back to a LIFO list in front of asyncmy's pool; a caller that
+    waits in the pool must still get the next one given back (no one waits for ever)."""
+    store = SessionStore(Settings(db_url=mariadb_url, db_pool_size=2))
+    sessions = AsyncSessionStore(store)
+
+    async def cycle(sid: str) -> int:
+        attempt = await sessions.try_lock("default", sid, 5000)
+        assert attempt.record is not None
+        written = await sessions.write("default", sid, b"x", 600, lock=attempt.record.lock)
+        return written.version
+
+    async def main() -> list[int]:
+        try:
+            calls = [cycle(session_id()) for _ in range(40)]
+            return await asyncio.wait_for(asyncio.gather(*calls), 60)
+        finally:
+            await sessions.close()
+            store.close()
+
+    assert asyncio.run(main()) == [1] * 40
