@@ -7,9 +7,11 @@ service under valgrind's callgrind with counting switched off, drives warm-up
 cycles, then counts exactly N lock+write cycles (16 clients, each on its own
 sessions, as bench/store.py's (a)), and prints instructions per cycle for:
 
-  default      the service as configured by default
-  text-sql     the same with --no-db-prepared-statements (the text protocol),
-               as a baseline in the same run
+  default      the service as configured by default, keep-alive clients
+  per-request  the same, with a new connection for every cycle, as PHP's
+               handler makes one per PHP request
+  text-sql     keep-alive clients and --no-db-prepared-statements (the text
+               protocol), as a baseline in the same run
 
 User-space instructions of the service process only (the kernel, MariaDB and the
 client are not counted); a change to the hot path that lowers this number makes
@@ -48,7 +50,7 @@ from session_service.store import SessionStore  # noqa: E402
 CLIENTS = 16
 
 
-async def _client(port: int, token: str, worker: int, cycles: int) -> None:
+async def _client(port: int, token: str, worker: int, cycles: int, reconnect: bool) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     auth = f"Authorization: Bearer {token}\r\n"
     sids = [f"{uuid.uuid4().hex}i{worker}" for _ in range(5)]
@@ -65,6 +67,9 @@ async def _client(port: int, token: str, worker: int, cycles: int) -> None:
         return parser.get_status_code(), bytes(response.body)
 
     for i in range(cycles):
+        if reconnect and i:
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
         sid = sids[i % len(sids)]
         status, body = await request(
             f"POST /v1/sessions/{sid}/lock?wait_ms=10000 HTTP/1.1\r\nHost: b\r\n{auth}"
@@ -85,14 +90,14 @@ async def _client(port: int, token: str, worker: int, cycles: int) -> None:
     writer.close()
 
 
-def _drive(port: int, token: str, cycles: int) -> None:
+def _drive(port: int, token: str, cycles: int, reconnect: bool = False) -> None:
     async def main() -> None:
-        await asyncio.gather(*(_client(port, token, w, cycles) for w in range(CLIENTS)))
+        await asyncio.gather(*(_client(port, token, w, cycles, reconnect) for w in range(CLIENTS)))
 
     asyncio.run(main())
 
 
-def count(url: str, extra: list[str], cycles: int, workdir: Path) -> float:
+def count(url: str, extra: list[str], cycles: int, workdir: Path, reconnect: bool) -> float:
     """Instructions per cycle of one service process under callgrind."""
     token = secrets.token_urlsafe(16)
     port = 19000 + os.getpid() % 1000
@@ -153,22 +158,25 @@ def main() -> None:
     store = SessionStore(Settings(db_url=url))
     migrate(store.engine)
     store.close()
-    variants = {"default": []} if args.only_default else {
-        "default": [], "text-sql": ["--no-db-prepared-statements"],
-    }  # fmt: skip
+    variants: dict[str, tuple[list[str], bool]] = {"default": ([], False)}
+    if not args.only_default:
+        variants["per-request"] = ([], True)
+        variants["text-sql"] = (["--no-db-prepared-statements"], False)
     results: dict[str, float] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for name, extra in variants.items():
-                results[name] = count(url, extra, args.cycles, Path(tmp))
+            for name, (extra, reconnect) in variants.items():
+                results[name] = count(url, extra, args.cycles, Path(tmp), reconnect)
                 print(
-                    f"{name:10s} {results[name] / 1000:8.1f} k instructions per lock+write cycle",
+                    f"{name:12s} {results[name] / 1000:8.1f} k instructions per lock+write cycle",
                     flush=True,
                 )
     finally:
         admin.cursor().execute(f"DROP DATABASE {database}")
     if "text-sql" in results:
         print(f"\ndefault / text-sql: {results['default'] / results['text-sql']:.2f}")
+        connection = results["per-request"] - results["default"]
+        print(f"a new connection per cycle costs {connection / 1000:.1f} k instructions")
     print(f"({CLIENTS} clients x {args.cycles} counted cycles each, service process only)")
 
 
