@@ -199,3 +199,26 @@ def test_client_gone_mid_body_leaves_the_service_serving(service: ServiceProcess
         conn.sendall(head + body)
         _read(conn, responses, 2)
         assert responses.done[1][0] == 200
+
+
+def test_replies_carry_date_type_length_and_problem_headers(service: ServiceProcess) -> None:
+    """The start of a reply is cached per status and media type (http_protocol._head):
+    each reply still has its own length, the current date and its extra headers."""
+    sid = session_id()
+    with _connect(service) as conn:
+        responses, lock = _locked(conn, sid)
+        head, body = _write(sid, lock, b"x" * 1000)
+        conn.sendall(head + body)
+        conn.sendall(_lock("short"))  # 400 with a JSON-or-msgpack problem body
+        time.sleep(1.1)  # the date header moves on
+        conn.sendall(_lock(sid).replace(b"wait_ms=2000", b"wait_ms=0"))
+        conn.sendall(_lock(sid).replace(b"wait_ms=2000", b"wait_ms=0"))  # held: 423
+        _read(conn, responses, 5)
+    (s1, h1, b1), (s2, h2, b2), (s3, h3, b3), (s4, h4, b4), (s5, h5, b5) = responses.done
+    assert [s1, s2, s3, s4, s5] == [200, 200, 400, 200, 423]  # locked: Retry-After
+    assert int(h5[b"retry-after"]) >= 1
+    for headers, body in ((h1, b1), (h2, b2), (h3, b3), (h4, b4), (h5, b5)):
+        assert headers[b"content-type"] == b"application/msgpack"
+        assert int(headers[b"content-length"]) == len(body)
+        assert headers[b"date"].endswith(b" GMT")
+    assert h1[b"date"] != h4[b"date"], "a cached reply start must not freeze the date"

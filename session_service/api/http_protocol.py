@@ -100,6 +100,29 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+#: the start of a reply (status line, uvicorn's default headers, content-type) by
+#: (status, media type), for the default headers in _heads_for: uvicorn makes a new
+#: list of them when its date header changes, once a second
+_heads: dict[tuple[int, str | None], bytes] = {}
+_heads_for: list[Any] = [None]
+
+
+def _head(default_headers: list[tuple[bytes, bytes]], status: int, media_type: str | None) -> bytes:
+    if _heads_for[0] is not default_headers:
+        _heads.clear()
+        _heads_for[0] = default_headers
+    key = (status, media_type)
+    head = _heads.get(key)
+    if head is None:
+        parts = [STATUS_LINE[status]]
+        for name, value in default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        if media_type is not None:
+            parts += (b"content-type: ", media_type.encode("latin-1"), b"\r\n")
+        head = _heads[key] = b"".join(parts)
+    return head
+
+
 class DirectCycle:
     """One /v1/sessions request, with the attributes uvicorn's protocol reads from a
     RequestResponseCycle (`body`, `more_body`, `message_event`, `disconnected`,
@@ -182,9 +205,11 @@ class DirectCycle:
         if self.disconnected or self.response_complete:
             return
         self.waiting_for_100_continue = False
-        parts = [STATUS_LINE[reply.status]]
-        for name, value in (*self.protocol.server_state.default_headers, *reply.raw_headers()):
-            parts += (name, b": ", value, b"\r\n")
+        parts = [_head(self.protocol.server_state.default_headers, reply.status, reply.media_type)]
+        if reply.status != 204:
+            parts.append(b"content-length: %d\r\n" % len(reply.body))
+        for name, value in (reply.headers or {}).items():
+            parts += (name.lower().encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
