@@ -32,16 +32,14 @@ import time
 import uuid
 from pathlib import Path
 
-import httptools
 import httpx
-import msgpack
 import pymysql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from store import TTL, _Response, incremented  # noqa: E402
+from store import http_cycle  # noqa: E402
 
 from session_service.schema import migrate  # noqa: E402
 from session_service.settings import Settings  # noqa: E402
@@ -55,38 +53,11 @@ async def _client(port: int, token: str, worker: int, cycles: int, reconnect: bo
     auth = f"Authorization: Bearer {token}\r\n"
     sids = [f"{uuid.uuid4().hex}i{worker}" for _ in range(5)]
 
-    async def request(head: str, body: bytes = b"") -> tuple[int, bytes]:
-        writer.write(head.encode() + body)
-        response = _Response()
-        parser = httptools.HttpResponseParser(response)
-        while not response.done:
-            chunk = await reader.read(65536)
-            if not chunk:
-                raise ConnectionError("service closed the connection")
-            parser.feed_data(chunk)
-        return parser.get_status_code(), bytes(response.body)
-
     for i in range(cycles):
         if reconnect and i:
             writer.close()
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        sid = sids[i % len(sids)]
-        status, body = await request(
-            f"POST /v1/sessions/{sid}/lock?wait_ms=10000 HTTP/1.1\r\nHost: b\r\n{auth}"
-            "Accept: application/msgpack\r\nContent-Length: 0\r\n\r\n"
-        )
-        assert status == 200, (status, body[:200])
-        record = msgpack.unpackb(body)
-        payload = msgpack.packb(
-            {"data": incremented(record["data"]), "ttl": TTL, "lock": record["lock"]}
-        )
-        status, body = await request(
-            f"PUT /v1/sessions/{sid} HTTP/1.1\r\nHost: b\r\n{auth}"
-            "Content-Type: application/msgpack\r\nAccept: application/msgpack\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n",
-            payload,
-        )
-        assert status == 200, (status, body[:200])
+        await http_cycle(reader, writer, auth, sids[i % len(sids)])
     writer.close()
 
 

@@ -265,6 +265,47 @@ class _Response:
         self.done = True
 
 
+async def http_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: str, body: bytes = b""
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 request on a keep-alive connection: (status, body)."""
+    writer.write(head.encode() + body)
+    response = _Response()
+    parser = httptools.HttpResponseParser(response)
+    while not response.done:
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise ConnectionError("service closed the connection")
+        parser.feed_data(chunk)
+    return parser.get_status_code(), bytes(response.body)
+
+
+async def http_cycle(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, auth: str, sid: str
+) -> None:
+    """Lock, read-modify-write, write and release, as a PHP request does (msgpack)."""
+    status, body = await http_request(
+        reader,
+        writer,
+        f"POST /v1/sessions/{sid}/lock?wait_ms=10000 HTTP/1.1\r\nHost: b\r\n{auth}"
+        "Accept: application/msgpack\r\nContent-Length: 0\r\n\r\n",
+    )
+    assert status == 200, (status, body[:200])
+    record = msgpack.unpackb(body)
+    payload = msgpack.packb(
+        {"data": incremented(record["data"]), "ttl": TTL, "lock": record["lock"]}
+    )
+    status, body = await http_request(
+        reader,
+        writer,
+        f"PUT /v1/sessions/{sid} HTTP/1.1\r\nHost: b\r\n{auth}"
+        "Content-Type: application/msgpack\r\nAccept: application/msgpack\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n",
+        payload,
+    )
+    assert status == 200, (status, body[:200])
+
+
 async def _http_worker(
     port: int,
     token: str,
@@ -279,34 +320,8 @@ async def _http_worker(
     sids = sessions_for(worker)
     auth = f"Authorization: Bearer {token}\r\n"
 
-    async def request(head: str, body: bytes = b"") -> tuple[int, bytes]:
-        writer.write(head.encode() + body)
-        response = _Response()
-        parser = httptools.HttpResponseParser(response)
-        while not response.done:
-            chunk = await reader.read(65536)
-            if not chunk:
-                raise ConnectionError("service closed the connection")
-            parser.feed_data(chunk)
-        return parser.get_status_code(), bytes(response.body)
-
     async def cycle(sid: str) -> None:
-        status, body = await request(
-            f"POST /v1/sessions/{sid}/lock?wait_ms=10000 HTTP/1.1\r\nHost: b\r\n{auth}"
-            "Accept: application/msgpack\r\nContent-Length: 0\r\n\r\n"
-        )
-        assert status == 200, (status, body[:200])
-        record = msgpack.unpackb(body)
-        payload = msgpack.packb(
-            {"data": incremented(record["data"]), "ttl": TTL, "lock": record["lock"]}
-        )
-        status, body = await request(
-            f"PUT /v1/sessions/{sid} HTTP/1.1\r\nHost: b\r\n{auth}"
-            "Content-Type: application/msgpack\r\nAccept: application/msgpack\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n",
-            payload,
-        )
-        assert status == 200, (status, body[:200])
+        await http_cycle(reader, writer, auth, sid)
 
     for sid in sids:  # prime: every session exists before timing
         await cycle(sid)
