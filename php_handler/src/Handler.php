@@ -53,22 +53,29 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
 
     private const SID_PATTERN = '/^[A-Za-z0-9,-]{22,256}$/D';
 
-    /** @var list<string> */
-    private array $urls;
-    private string $token;
-    private int $connectTimeoutMs;
-    private int $timeoutMs;
-    private string $lockMode;
-    private int $lockWaitMs;
-    private int $lockLeaseMs;
-    private string $onUnavailable;
-    private string $onLockTimeout;
-    private bool $msgpack;
-    private string $caFile;
-    private string $caPath;
+    // The options, at their defaults until the constructor sees them set.
+    /** @var non-empty-list<string> */
+    private array $urls = [self::OPTIONS['url'][1]];
+    private string $token = self::OPTIONS['token'][1];
+    private int $connectTimeoutMs = self::OPTIONS['connect_timeout_ms'][1];
+    private int $timeoutMs = self::OPTIONS['timeout_ms'][1];
+    private string $lockMode = self::OPTIONS['lock'][1];
+    private int $lockWaitMs = self::OPTIONS['lock_wait_ms'][1];
+    private int $lockLeaseMs = self::OPTIONS['lock_lease_ms'][1];
+    private string $onUnavailable = self::OPTIONS['on_unavailable'][1];
+    private string $onLockTimeout = self::OPTIONS['on_lock_timeout'][1];
+    private bool $msgpack = false;
+    private string $caFile = self::OPTIONS['ca_file'][1];
+    private string $caPath = self::OPTIONS['ca_path'][1];
 
     /** The one curl handle of this request (keep-alive between lock and write). */
     private ?\CurlHandle $curl = null;
+    /** @var list<string> request headers of a call without a body (made with $curl) */
+    private array $headersWithoutBody = [];
+    /** @var list<string> request headers of a call with a body */
+    private array $headersWithBody = [];
+    /** Which header list $curl has: with a body (true), without (false), none yet (null). */
+    private ?bool $headersSet = null;
     /** Index in $urls of the service currently used (moves on when one is unreachable). */
     private int $urlIndex = 0;
 
@@ -102,55 +109,43 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
      */
     public function __construct(array $options = [])
     {
-        foreach (array_keys($options) as $name) {
+        foreach ($options as $name => $_) {
             if (!isset(self::OPTIONS[$name])) {
                 throw new \InvalidArgumentException(sprintf('session-service: unknown option "%s"', $name));
             }
         }
-        $get = static function (string $name) use ($options): mixed {
-            if (array_key_exists($name, $options) && null !== $options[$name]) {
-                return $options[$name];
+        // This runs on every PHP request (prepend.php). The properties start at the
+        // defaults, which are valid, so only an option that is given or set in the
+        // environment is parsed and validated (the usual setup: url and token).
+        $format = 'auto';
+        foreach (self::OPTIONS as $name => [$env]) {
+            if (isset($options[$name])) {
+                $value = $options[$name];
+            } elseif (false === ($value = getenv($env)) || '' === $value) {
+                continue; // an empty variable counts as unset
             }
-            [$env, $default] = self::OPTIONS[$name];
-            $value = getenv($env);
-
-            return false === $value || '' === $value ? $default : $value;
-        };
-
-        $urls = $get('url');
-        $urls = is_array($urls) ? $urls : explode(',', (string) $urls);
-        $this->urls = [];
-        foreach ($urls as $url) {
-            $url = rtrim(trim((string) $url), '/');
-            if ('' === $url) {
-                continue;
-            }
-            if (!preg_match('~^https?://~i', $url)) {
-                throw new \InvalidArgumentException(sprintf('session-service: url "%s" must start with http:// or https://', $url));
-            }
-            $this->urls[] = $url;
+            match ($name) {
+                'url' => $this->urls = self::urlList($value),
+                'token' => $this->token = (string) $value,
+                'connect_timeout_ms' => $this->connectTimeoutMs = self::intOption($name, $value, 1),
+                'timeout_ms' => $this->timeoutMs = self::intOption($name, $value, 1),
+                'lock' => $this->lockMode = self::choice($name, $value, [self::LOCK_EXCLUSIVE, self::LOCK_NONE]),
+                'lock_wait_ms' => $this->lockWaitMs = self::intOption($name, $value, 0),
+                'lock_lease_ms' => $this->lockLeaseMs = self::intOption($name, $value, 100),
+                'on_unavailable' => $this->onUnavailable = self::choice($name, $value, [self::ON_UNAVAILABLE_FAIL, self::ON_UNAVAILABLE_EMPTY]),
+                'on_lock_timeout' => $this->onLockTimeout = self::choice($name, $value, [self::ON_LOCK_TIMEOUT_FAIL, self::ON_LOCK_TIMEOUT_READONLY]),
+                'format' => $format = self::choice($name, $value, ['auto', 'msgpack', 'json']),
+                'ca_file' => $this->caFile = trim((string) $value),
+                'ca_path' => $this->caPath = trim((string) $value),
+            };
         }
-        if (!$this->urls) {
-            throw new \InvalidArgumentException('session-service: no service url given (option "url" or SESSION_SERVICE_URL)');
-        }
-        $this->token = (string) $get('token');
-        $this->connectTimeoutMs = self::intOption('connect_timeout_ms', $get('connect_timeout_ms'), 1);
-        $this->timeoutMs = self::intOption('timeout_ms', $get('timeout_ms'), 1);
-        $this->lockMode = self::choice('lock', $get('lock'), [self::LOCK_EXCLUSIVE, self::LOCK_NONE]);
-        $this->lockWaitMs = self::intOption('lock_wait_ms', $get('lock_wait_ms'), 0);
-        $this->lockLeaseMs = self::intOption('lock_lease_ms', $get('lock_lease_ms'), 100);
-        $this->onUnavailable = self::choice('on_unavailable', $get('on_unavailable'), [self::ON_UNAVAILABLE_FAIL, self::ON_UNAVAILABLE_EMPTY]);
-        $this->onLockTimeout = self::choice('on_lock_timeout', $get('on_lock_timeout'), [self::ON_LOCK_TIMEOUT_FAIL, self::ON_LOCK_TIMEOUT_READONLY]);
-        $format = self::choice('format', $get('format'), ['auto', 'msgpack', 'json']);
         if ('msgpack' === $format && !\function_exists('msgpack_unpack')) {
             throw new \InvalidArgumentException('session-service: format "msgpack" needs ext-msgpack');
         }
         $this->msgpack = 'json' !== $format && \function_exists('msgpack_unpack');
-        $this->caFile = trim((string) $get('ca_file'));
         if ('' !== $this->caFile && (!is_file($this->caFile) || !is_readable($this->caFile))) {
             throw new \InvalidArgumentException(sprintf('session-service: option "ca_file": "%s" is not a readable file', $this->caFile));
         }
-        $this->caPath = trim((string) $get('ca_path'));
         if ('' !== $this->caPath && !is_dir($this->caPath)) {
             throw new \InvalidArgumentException(sprintf('session-service: option "ca_path": "%s" is not a directory', $this->caPath));
         }
@@ -391,7 +386,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         }
         if (423 === $r['status']) {
             if (self::ON_LOCK_TIMEOUT_READONLY === $this->onLockTimeout) {
-                $this->fail($id, sprintf('lock not obtained within %d ms at %s (HTTP 423 %s); serving the session read-only, changes of this request will be discarded', $this->lockWaitMs, $r['url'], self::reason($r)));
+                $this->fail($id, sprintf('lock not obtained within %d ms at %s (HTTP 423 %s); serving the session read-only, changes of this request will be discarded', $this->lockWaitMs, self::shown($r), self::reason($r)));
                 $data = $this->plainRead($id, 'read-only read');
                 if (false !== $data && !$this->degraded) {
                     $this->readOnly = true;
@@ -399,7 +394,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
 
                 return $data;
             }
-            $this->fail($id, sprintf('lock not obtained within %d ms at %s (HTTP 423 %s); session_start() fails (set SESSION_SERVICE_ON_LOCK_TIMEOUT=readonly to serve it read-only instead)', $this->lockWaitMs, $r['url'], self::reason($r)));
+            $this->fail($id, sprintf('lock not obtained within %d ms at %s (HTTP 423 %s); session_start() fails (set SESSION_SERVICE_ON_LOCK_TIMEOUT=readonly to serve it read-only instead)', $this->lockWaitMs, self::shown($r), self::reason($r)));
 
             return false;
         }
@@ -431,7 +426,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         return $this->readFailed($op, $id, $r);
     }
 
-    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
+    /** @param array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
     private function readFailed(string $op, string $id, array $r): string|false
     {
         if (self::isUnavailable($r) && self::ON_UNAVAILABLE_EMPTY === $this->onUnavailable) {
@@ -518,7 +513,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         return 'json' === $format ? base64_decode($data, true) : $data;
     }
 
-    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
+    /** @param array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
     private static function dataProblem(array $r): string
     {
         $data = \is_array($r['body']) ? ($r['body']['data'] ?? null) : null;
@@ -532,7 +527,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         return 'its "data" is not valid base64';
     }
 
-    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
+    /** @param array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
     private static function isWriteResult(array $r): bool
     {
         return \is_array($r['body']) && \is_int($r['body']['version'] ?? null);
@@ -542,7 +537,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
      * Marks an HTTP answer as not a valid service answer. $problem null: the
      * body's own decoding problem (or its absence).
      *
-     * @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r
+     * @param array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string} $r
      */
     private static function invalid(array &$r, ?string $problem): void
     {
@@ -554,88 +549,33 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
      *
      * @param array<string, mixed>|null $body
      *
-     * @return array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string}
-     *         status 0 = no complete HTTP answer (error says why); format = the body's
-     *         format (msgpack, json or null); problem = why the body could not be
-     *         decoded (null when it was); invalid = set by invalid()
+     * @return array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string}
+     *         status 0 = no complete HTTP answer (error says why); service = the URL
+     *         of the service asked; path = the request's path, session id and lock
+     *         token included: it reaches the log only masked, through shown();
+     *         format = the body's format (msgpack, json or null); problem = why the
+     *         body could not be decoded (null when it was); invalid = set by invalid()
      */
     private function request(string $method, string $path, ?array $body, int $extraTimeoutMs = 0): array
     {
-        if (null === $this->curl) {
-            $curl = curl_init();
-            if (false === $curl) {
-                return self::noAnswer($this->urls[0].self::redact($path), 'curl_init() failed');
-            }
-            $this->curl = $curl;
+        $ch = $this->curl ?? $this->newCurl();
+        if (null === $ch) {
+            return self::noAnswer($this->urls[0], $path, 'curl_init() failed');
         }
-        $ch = $this->curl;
-        $headers = [
-            'Accept: '.($this->msgpack ? 'application/msgpack' : 'application/json'),
-            'Expect:',
-        ];
-        if ('' !== $this->token) {
-            $headers[] = 'Authorization: Bearer '.$this->token;
-        }
-        $payload = null;
-        if (null !== $body) {
-            if ($this->msgpack) {
-                $payload = self::packMap($body);
-                $headers[] = 'Content-Type: application/msgpack';
-            } else {
-                if (isset($body['data'])) {
-                    $body['data'] = base64_encode($body['data']);
-                }
-                $payload = json_encode($body, \JSON_THROW_ON_ERROR | \JSON_UNESCAPED_SLASHES);
-                $headers[] = 'Content-Type: application/json';
-            }
-        }
+        $payload = null === $body ? null : $this->encode($body);
+        curl_setopt_array($ch, $this->callOptions($method, $payload, $extraTimeoutMs));
 
         $count = \count($this->urls);
         $result = null;
         for ($attempt = 0; $attempt < $count; ++$attempt) {
             $index = ($this->urlIndex + $attempt) % $count;
-            $url = $this->urls[$index].$path;
-            $shown = $this->urls[$index].self::redact($path);
-            curl_reset($ch); // keeps the live connections
-            $options = [
-                \CURLOPT_URL => $url,
-                \CURLOPT_RETURNTRANSFER => true,
-                \CURLOPT_HTTPHEADER => $headers,
-                \CURLOPT_CONNECTTIMEOUT_MS => $this->connectTimeoutMs,
-                \CURLOPT_TIMEOUT_MS => $this->timeoutMs + $extraTimeoutMs,
-                \CURLOPT_NOSIGNAL => true,
-                \CURLOPT_TCP_NODELAY => true,
-                \CURLOPT_HTTP_VERSION => \CURL_HTTP_VERSION_1_1,
-                // https: the certificate and host name are always verified, never
-                // switched off; ca_file/ca_path name the CA when it is not a system one.
-                \CURLOPT_SSL_VERIFYPEER => true,
-                \CURLOPT_SSL_VERIFYHOST => 2,
-                \CURLOPT_FOLLOWLOCATION => false,
-            ];
-            if ('' !== $this->caFile) {
-                $options[\CURLOPT_CAINFO] = $this->caFile;
-            }
-            if ('' !== $this->caPath) {
-                $options[\CURLOPT_CAPATH] = $this->caPath;
-            }
-            if ('HEAD' === $method) {
-                $options[\CURLOPT_NOBODY] = true;
-            } elseif ('GET' !== $method) {
-                $options[\CURLOPT_CUSTOMREQUEST] = $method;
-            }
-            if (null !== $payload) {
-                $options[\CURLOPT_POSTFIELDS] = $payload;
-            } elseif ('POST' === $method) {
-                $options[\CURLOPT_POSTFIELDS] = '';
-            }
-            curl_setopt_array($ch, $options);
+            curl_setopt($ch, \CURLOPT_URL, $this->urls[$index].$path);
             $raw = curl_exec($ch);
             $errno = curl_errno($ch);
             if (0 === $errno && \is_string($raw)) {
                 $status = (int) curl_getinfo($ch, \CURLINFO_RESPONSE_CODE);
-                $type = (string) curl_getinfo($ch, \CURLINFO_CONTENT_TYPE);
-                [$decoded, $format, $problem] = $this->decodeBody($raw, $type);
-                $result = ['status' => $status, 'body' => $decoded, 'url' => $shown, 'error' => null, 'format' => $format, 'problem' => $problem, 'invalid' => null];
+                [$decoded, $format, $problem] = $this->decodeBody($raw, (string) curl_getinfo($ch, \CURLINFO_CONTENT_TYPE));
+                $result = ['status' => $status, 'body' => $decoded, 'service' => $this->urls[$index], 'path' => $path, 'error' => null, 'format' => $format, 'problem' => $problem, 'invalid' => null];
                 if (503 !== $status || $attempt === $count - 1) {
                     $this->urlIndex = $index;
 
@@ -653,7 +593,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
                     ? ' (TLS: the service\'s certificate is not signed by the CA of SESSION_SERVICE_CA_FILE/CA_PATH, or does not name this host)'
                     : ' (TLS: the service\'s certificate could not be verified; set SESSION_SERVICE_CA_FILE to the CA that signed it)';
             }
-            $result = self::noAnswer($shown, $error);
+            $result = self::noAnswer($this->urls[$index], $path, $error);
             // Only failures before the request reached a service are safe to retry
             // elsewhere (a timed-out lock request may have been granted, a timed-out
             // write may still be applied). On a reused keep-alive connection the
@@ -676,19 +616,115 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             }
         }
 
-        return $result ?? self::noAnswer($this->urls[0].self::redact($path), 'no url');
+        return $result ?? self::noAnswer($this->urls[0], $path, 'no url');
     }
 
-    /** @return array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} */
-    private static function noAnswer(string $url, string $error): array
+    /**
+     * Creates the one curl handle of this request, with the options that are the
+     * same for every call. The handle keeps them: there is no curl_reset() between
+     * calls (it keeps the live connections but would make every call set them all
+     * again), so callOptions() sets, on every call, each option a call may change.
+     */
+    private function newCurl(): ?\CurlHandle
     {
-        return ['status' => 0, 'body' => null, 'url' => $url, 'error' => $error, 'format' => null, 'problem' => null, 'invalid' => null];
+        $ch = curl_init();
+        if (false === $ch) {
+            return null;
+        }
+        $options = [
+            \CURLOPT_RETURNTRANSFER => true,
+            \CURLOPT_CONNECTTIMEOUT_MS => $this->connectTimeoutMs,
+            \CURLOPT_NOSIGNAL => true,
+            \CURLOPT_TCP_NODELAY => true,
+            \CURLOPT_HTTP_VERSION => \CURL_HTTP_VERSION_1_1,
+            // https: the certificate and host name are always verified, never
+            // switched off; ca_file/ca_path name the CA when it is not a system one.
+            \CURLOPT_SSL_VERIFYPEER => true,
+            \CURLOPT_SSL_VERIFYHOST => 2,
+            \CURLOPT_FOLLOWLOCATION => false,
+        ];
+        if ('' !== $this->caFile) {
+            $options[\CURLOPT_CAINFO] = $this->caFile;
+        }
+        if ('' !== $this->caPath) {
+            $options[\CURLOPT_CAPATH] = $this->caPath;
+        }
+        curl_setopt_array($ch, $options);
+
+        $accept = 'Accept: '.($this->msgpack ? 'application/msgpack' : 'application/json');
+        $auth = '' !== $this->token ? ['Authorization: Bearer '.$this->token] : [];
+        // "Expect:" stops curl from asking for 100-continue before a large body; a
+        // call without a body has no use for it (curl sends no empty header anyway).
+        $this->headersWithoutBody = [$accept, ...$auth];
+        $this->headersWithBody = [$accept, 'Expect:', ...$auth, 'Content-Type: '.($this->msgpack ? 'application/msgpack' : 'application/json')];
+        $this->headersSet = null;
+
+        return $this->curl = $ch;
     }
 
-    /** A request path fit for the log: the session id and lock token are masked. */
-    private static function redact(string $path): string
+    /**
+     * The options of one call (the URL aside). The previous call's options are still
+     * on the handle, so each one a call may change is set here every time: HTTPGET
+     * first puts the method back to GET and switches NOBODY off, then NOBODY,
+     * POSTFIELDS (which makes it a POST) and CUSTOMREQUEST (null: none) give this
+     * call's method and body; the timeout is longer for a lock, which may wait; the
+     * header list is set when the presence of a body changes.
+     *
+     * @return array<int, mixed>
+     */
+    private function callOptions(string $method, ?string $payload, int $extraTimeoutMs): array
     {
-        return (string) preg_replace(['~^/v1/sessions/[^/?]+~', '~([?&]lock=)[^&]*~'], ['/v1/sessions/{sid}', '$1…'], $path);
+        $options = [
+            \CURLOPT_HTTPGET => true,
+            \CURLOPT_CUSTOMREQUEST => 'GET' === $method || 'HEAD' === $method ? null : $method,
+            \CURLOPT_TIMEOUT_MS => $this->timeoutMs + $extraTimeoutMs,
+        ];
+        if ('HEAD' === $method) {
+            $options[\CURLOPT_NOBODY] = true;
+        } elseif (null !== $payload || 'POST' === $method) {
+            $options[\CURLOPT_POSTFIELDS] = $payload ?? '';
+        }
+        $withBody = null !== $payload;
+        if ($withBody !== $this->headersSet) {
+            $options[\CURLOPT_HTTPHEADER] = $withBody ? $this->headersWithBody : $this->headersWithoutBody;
+            $this->headersSet = $withBody;
+        }
+
+        return $options;
+    }
+
+    /**
+     * A request body: msgpack (session data as bin), or JSON with the data in base64.
+     *
+     * @param array<string, mixed> $body
+     */
+    private function encode(array $body): string
+    {
+        if ($this->msgpack) {
+            return self::packMap($body);
+        }
+        if (isset($body['data'])) {
+            $body['data'] = base64_encode($body['data']);
+        }
+
+        return json_encode($body, \JSON_THROW_ON_ERROR | \JSON_UNESCAPED_SLASHES);
+    }
+
+    /** @return array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string} */
+    private static function noAnswer(string $service, string $path, string $error): array
+    {
+        return ['status' => 0, 'body' => null, 'service' => $service, 'path' => $path, 'error' => $error, 'format' => null, 'problem' => null, 'invalid' => null];
+    }
+
+    /**
+     * The URL of an answer fit for the log: the session id and lock token are
+     * masked. Only failures are logged, so it is only worked out for them.
+     *
+     * @param array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string} $r
+     */
+    private static function shown(array $r): string
+    {
+        return $r['service'].preg_replace(['~^/v1/sessions/[^/?]+~', '~([?&]lock=)[^&]*~'], ['/v1/sessions/{sid}', '$1…'], $r['path']);
     }
 
     /**
@@ -708,10 +744,9 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             // php_only=0: a map keyed by nil stays an array. With ext-msgpack's default
             // (1) it is turned into an object of the class it names (__wakeup and
             // __destruct run): an answer must never instantiate application classes.
-            $prev = \ini_get('msgpack.error_display');
-            $prevPhpOnly = \ini_get('msgpack.php_only');
-            ini_set('msgpack.error_display', '0');
-            ini_set('msgpack.php_only', '0');
+            // (ini_set() returns the value it replaces, so no ini_get() is needed.)
+            $prev = ini_set('msgpack.error_display', '0');
+            $prevPhpOnly = ini_set('msgpack.php_only', '0');
             try {
                 $value = @msgpack_unpack($raw);
             } finally {
@@ -736,13 +771,13 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         return [null, null, sprintf('its Content-Type is %s, not msgpack or JSON (%d bytes)', '' === $contentType ? 'missing' : '"'.$contentType.'"', $size)];
     }
 
-    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
+    /** @param array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
     private static function isUnavailable(array $r): bool
     {
         return 0 === $r['status'] || $r['status'] >= 500 || null !== $r['invalid'];
     }
 
-    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
+    /** @param array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
     private static function reason(array $r): string
     {
         $body = \is_array($r['body']) ? $r['body'] : [];
@@ -757,27 +792,27 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         return trim($error.('' !== $detail ? ': '.$detail : ''));
     }
 
-    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
+    /** @param array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
     private static function describe(array $r): string
     {
         if (0 === $r['status']) {
             if (str_starts_with((string) $r['error'], 'incomplete answer')) {
-                return sprintf('%s from %s', $r['error'], $r['url']);
+                return sprintf('%s from %s', $r['error'], self::shown($r));
             }
             if (str_starts_with((string) $r['error'], 'the request went out')) {
-                return sprintf('no answer from %s: %s', $r['url'], $r['error']);
+                return sprintf('no answer from %s: %s', self::shown($r), $r['error']);
             }
 
-            return sprintf('service unreachable at %s (%s)', $r['url'], $r['error'] ?? 'no answer');
+            return sprintf('service unreachable at %s (%s)', self::shown($r), $r['error'] ?? 'no answer');
         }
         if (null !== $r['invalid']) {
-            return sprintf('%s answered HTTP %d but %s: not a session-service answer', $r['url'], $r['status'], $r['invalid']);
+            return sprintf('%s answered HTTP %d but %s: not a session-service answer', self::shown($r), $r['status'], $r['invalid']);
         }
 
-        return sprintf('%s answered HTTP %d %s', $r['url'], $r['status'], self::reason($r));
+        return sprintf('%s answered HTTP %d %s', self::shown($r), $r['status'], self::reason($r));
     }
 
-    /** @param array{status:int, body:mixed, url:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
+    /** @param array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
     private function logFailure(string $op, string $id, array $r, string $suffix = ''): void
     {
         $hint = match ($r['status']) {
@@ -803,6 +838,31 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
     private static function log(string $message): void
     {
         error_log('session-service: '.$message);
+    }
+
+    /**
+     * @param string|list<string> $value comma-separated or a list
+     *
+     * @return non-empty-list<string>
+     */
+    private static function urlList(mixed $value): array
+    {
+        $urls = [];
+        foreach (\is_array($value) ? $value : explode(',', (string) $value) as $url) {
+            $url = rtrim(trim((string) $url), '/');
+            if ('' === $url) {
+                continue;
+            }
+            if (!preg_match('~^https?://~i', $url)) {
+                throw new \InvalidArgumentException(sprintf('session-service: url "%s" must start with http:// or https://', $url));
+            }
+            $urls[] = $url;
+        }
+        if (!$urls) {
+            throw new \InvalidArgumentException('session-service: no service url given (option "url" or SESSION_SERVICE_URL)');
+        }
+
+        return $urls;
     }
 
     private static function intOption(string $name, mixed $value, int $min): int
@@ -831,20 +891,20 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
      * Msgpack encoding of a request body. ext-msgpack packs every PHP string as
      * msgpack str, but session data is arbitrary bytes and must go as bin.
      *
-     * @param array<string, mixed> $map
+     * @param array<string, int|string> $map keys of fewer than 32 bytes
      */
     private static function packMap(array $map): string
     {
         $out = \chr(0x80 | \count($map));
         foreach ($map as $key => $value) {
-            $out .= self::packStr((string) $key);
+            $out .= \chr(0xa0 | \strlen($key)).$key; // fixstr
             if (\is_int($value)) {
                 $out .= "\xd3".pack('J', $value);
             } elseif ('data' === $key) {
-                $len = \strlen((string) $value);
+                $len = \strlen($value);
                 $out .= ($len < 0x100 ? "\xc4".\chr($len) : ($len < 0x10000 ? "\xc5".pack('n', $len) : "\xc6".pack('N', $len))).$value;
             } else {
-                $out .= self::packStr((string) $value);
+                $out .= self::packStr($value);
             }
         }
 

@@ -16,7 +16,8 @@ the wire contract (docs/api.md), either forwards the request to a real service
 
 Every connection is closed after one answer (``Connection: close``), so curl never
 retries a request on a reused connection behind the test's back. ``seen`` records
-(op, method, path) of every request received, ``forwarded`` the ops sent upstream.
+(op, method, path) of every request received, ``wire`` the same with its headers
+and body, ``forwarded`` the ops sent upstream.
 """
 
 from __future__ import annotations
@@ -69,10 +70,22 @@ class Action:
 
 
 @dataclass
+class Received:
+    """One request as it came in: header names lowercased, body as sent."""
+
+    op: str
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
 class FakeService:
     upstream: str
     actions: dict[str, Action] = field(default_factory=dict)
     seen: list[tuple[str, str, str]] = field(default_factory=list)
+    wire: list[Received] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -104,6 +117,7 @@ class FakeService:
         with self.lock:
             self.actions.clear()
             self.seen.clear()
+            self.wire.clear()
             self.forwarded.clear()
 
     def ops(self) -> list[str]:
@@ -129,6 +143,7 @@ class FakeService:
         op = op_of(method, path)
         with self.lock:
             self.seen.append((op, method, path))
+            self.wire.append(Received(op, method, path, headers, body))
             action = self.actions.get(op, Action())
         with contextlib.suppress(OSError):
             self._answer(sock, op, action, method, path, headers, body)

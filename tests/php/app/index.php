@@ -111,6 +111,14 @@ switch ($op) {
         $_SESSION['n'] = ($_SESSION['n'] ?? 0) + 1;
         break;
 
+    case 'twice': // two sessions in one PHP request, so one curl handle: write, then read again
+        $out['started'] = session_start();
+        $_SESSION['n'] = ($_SESSION['n'] ?? 0) + 1;
+        session_write_close();
+        $out['again'] = session_start(['read_and_close' => true]);
+        $out['n'] = $_SESSION['n'] ?? null;
+        break;
+
     default:
         http_response_code(404);
 }
