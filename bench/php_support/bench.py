@@ -11,7 +11,10 @@ sessions). For each handler:
 
 it creates --sessions sessions, warms up, runs wrk for --duration seconds on a
 read-modify-write page (counter += 1), and then reads every counter back to count
-lost updates (successful increments that are not in the stored counters).
+lost updates (successful increments that are not in the stored counters). The
+handlers take turns --rounds times; each ratio is the median of the rounds'
+ratios, because the speed of a shared machine drifts between one handler's run
+and the next.
 
 A second, shorter part ("contention") sends all requests to ONE session, with and
 without locking, to show what locking buys.
@@ -27,6 +30,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -295,6 +299,13 @@ def main() -> int:
         "wrk, a second worker only adds contention)",
     )
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="run the handlers in turn this many times; each ratio is the median of the "
+        "rounds' ratios, so drift on a shared machine hits all handlers alike (default 3)",
+    )
+    p.add_argument(
         "--handlers",
         default="files,service,pdo,service-nolock",
         help="comma-separated subset of files,service,pdo,service-nolock",
@@ -328,12 +339,27 @@ def main() -> int:
             f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; logs in {bench.tmp}"
         )
         print(f"\nread-modify-write, {args.sessions} distinct sessions, {args.duration:g}s each:")
-        for name in [h.strip() for h in args.handlers.split(",") if h.strip()]:
-            results["main"][name] = bench.measure(
-                name, PAGES[name], args.sessions, args.duration, args.connections
-            )
+        handlers = [h.strip() for h in args.handlers.split(",") if h.strip()]
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in handlers}
+        for number in range(args.rounds):
+            if args.rounds > 1:
+                print(f" round {number + 1} of {args.rounds}:")
+            for name in handlers:
+                rounds[name].append(
+                    bench.measure(name, PAGES[name], args.sessions, args.duration, args.connections)
+                )
         main_res = results["main"]
-        print("\nratios (throughput):")
+        for name, runs in rounds.items():
+            median = dict(sorted(runs, key=lambda run: run["rps"])[(len(runs) - 1) // 2])
+            median["lost"] = sum(run["lost"] for run in runs)  # over every round
+            median["rounds_rps"] = [run["rps"] for run in runs]
+            main_res[name] = median
+        if args.rounds > 1:
+            print("\nmedian round of each handler (lost updates: all rounds):")
+            for name, res in main_res.items():
+                rates = ", ".join(f"{rps:.0f}" for rps in res["rounds_rps"])
+                print(f"  {name:<22} {res['rps']:8.0f} req/s  (rounds {rates})  lost {res['lost']}")
+        print("\nratios (throughput, median of the rounds' ratios):")
         pairs = [
             ("service", "pdo"),
             ("service", "files"),
@@ -343,9 +369,13 @@ def main() -> int:
         results["ratios"] = {}
         for a, b in pairs:
             if a in main_res and b in main_res:
-                ratio = main_res[a]["rps"] / main_res[b]["rps"]
+                each = sorted(
+                    x["rps"] / y["rps"] for x, y in zip(rounds[a], rounds[b], strict=True)
+                )
+                ratio = statistics.median(each)
                 results["ratios"][f"{a}/{b}"] = ratio
-                print(f"  {a} / {b}: {ratio:.2f}")
+                spread = f" (rounds {each[0]:.2f} to {each[-1]:.2f})" if len(each) > 1 else ""
+                print(f"  {a} / {b}: {ratio:.2f}{spread}")
         if "service" in main_res and "pdo" in main_res:
             ok = results["ratios"]["service/pdo"] >= 0.6 and main_res["service"]["lost"] == 0
             verdict = "met" if ok else "NOT met"
