@@ -27,7 +27,9 @@ from .conftest import TOKEN, Browser, PhpNode, ServiceProcess
 from .fake_service import Action, FakeService
 from .test_php_handler import LOG, READ_FAILED, WRITE_FAILED, NodeFactory
 
-TIMEOUT_MS = 700
+# Room for a real lock through the fake service when CI has just run the browser and
+# chaos tests (one run in CI timed out at 700 + 500 ms); the "slow" cases wait longer.
+TIMEOUT_MS = 2000
 LOCK_WAIT_MS = 500
 
 
