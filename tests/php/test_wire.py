@@ -75,26 +75,29 @@ def check(wire: list[Received], media_type: str) -> None:
             assert "content-type" not in r.headers, where
 
 
-def run(b: Browser, node: PhpNode, fake: FakeService, op: str) -> tuple[dict[str, Any], list[str]]:
-    """One PHP request (one handler, one curl handle); its result and the ops it sent."""
-    fake.reset_all()
-    out = b.get(node, op)
-    return out, fake.ops()
+class Steps:
+    """PHP requests on one node, one op each: each one's calls are checked, and every
+    request the fake service saw is kept in `wire` for check()."""
+
+    def __init__(self, node: PhpNode, fake: FakeService) -> None:
+        self.node = node
+        self.fake = fake
+        self.browser = Browser()
+        self.wire: list[Received] = []
+
+    def __call__(self, op: str, expected_ops: list[str]) -> dict[str, Any]:
+        self.fake.reset_all()
+        out = self.browser.get(self.node, op)
+        assert self.fake.ops() == expected_ops, (op, self.fake.seen)
+        self.wire.extend(self.fake.wire)
+        return out
 
 
 def test_each_request_carries_only_its_own_method_body_and_headers(
     start_node: NodeFactory, fake: FakeService, format_: str
 ) -> None:
     media_type = f"application/{format_}"
-    node = start_node(fake.url, format=format_)
-    b = Browser()
-    wire: list[Received] = []
-
-    def step(op: str, expected_ops: list[str]) -> dict[str, Any]:
-        out, ops = run(b, node, fake, op)
-        assert ops == expected_ops, (op, fake.seen)
-        wire.extend(fake.wire)
-        return out
+    step = Steps(start_node(fake.url, format=format_), fake)
 
     # a new session: lock, then write
     assert step("incr", ["lock", "write"])["n"] == 1
@@ -110,37 +113,29 @@ def test_each_request_carries_only_its_own_method_body_and_headers(
     out = step("twice", ["lock", "write", "lock", "release"])
     assert out["again"] is True and out["n"] == 4
     # regenerate: destroy the old id, check the new one is free (lock, release), lock it, write
-    old = b.sid
+    old = step.browser.sid
     out = step("regenerate", ["lock", "destroy", "lock", "release", "lock", "write"])
-    assert out["regenerated"] is True and b.sid != old
+    assert out["regenerated"] is True and step.browser.sid != old
     assert step("get", ["lock", "release"])["session"] == {"n": 4, "regenerated": True}
     step("destroy", ["lock", "destroy"])
-    check(wire, media_type)
+    check(step.wire, media_type)
 
 
 def test_lock_none_reads_are_gets_after_writes_and_deletes(
     start_node: NodeFactory, fake: FakeService
 ) -> None:
-    node = start_node(fake.url, lock="none")
-    b = Browser()
-    wire: list[Received] = []
-
-    def step(op: str, expected_ops: list[str]) -> dict[str, Any]:
-        out, ops = run(b, node, fake, op)
-        assert ops == expected_ops, (op, fake.seen)
-        wire.extend(fake.wire)
-        return out
+    step = Steps(start_node(fake.url, lock="none"), fake)
 
     assert step("incr", ["read", "write"])["n"] == 1
     # a GET after a PUT on the same handle
     out = step("twice", ["read", "write", "read"])
     assert out["again"] is True and out["n"] == 2
     # a GET after a DELETE (the new id checked after the old one was destroyed)
-    old = b.sid
+    old = step.browser.sid
     out = step("regenerate", ["read", "destroy", "read", "read", "write"])
-    assert out["regenerated"] is True and b.sid != old
+    assert out["regenerated"] is True and step.browser.sid != old
     assert step("get", ["read"])["session"] == {"n": 2, "regenerated": True}
-    check(wire, "application/msgpack")
+    check(step.wire, "application/msgpack")
 
 
 def test_a_lock_s_longer_timeout_does_not_carry_over_to_the_next_call(
