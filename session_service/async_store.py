@@ -11,9 +11,9 @@ Statements go to the server as prepared statements (asyncmy's statement cache,
 the binary protocol): the server parses each once per connection, not on every
 call, and no parameter is escaped into SQL text. On a lock + write cycle this
 took about a fifth off the service's CPU and a quarter off MariaDB's (measured
-from /proc under bench/store.py's load, see docs/design.md "Hot path"). With `db_prepared_statements`
-off (for proxies that do not support them), the text protocol is used, with
-bytes as hexadecimal literals (hexliteral.py).
+from /proc under bench/store.py's load, see docs/design.md "Hot path"). With
+`db_prepared_statements` off (for proxies that do not support them), the text
+protocol is used, with bytes as hexadecimal literals (hexliteral.py).
 
 It is used for a single MySQL/MariaDB primary. With read replicas or a Galera node
 list, and on SQLite, the service runs the synchronous store in threads instead.
