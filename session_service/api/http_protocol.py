@@ -206,10 +206,8 @@ class DirectCycle:
             return
         self.waiting_for_100_continue = False
         parts = [_head(self.protocol.server_state.default_headers, reply.status, reply.media_type)]
-        if reply.status != 204:
-            parts.append(b"content-length: %d\r\n" % len(reply.body))
-        for name, value in (reply.headers or {}).items():
-            parts += (name.lower().encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+        for name, value in reply.own_headers():
+            parts += (name, b": ", value, b"\r\n")
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")

@@ -133,10 +133,16 @@ class Reply:
 
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
         headers: list[tuple[bytes, bytes]] = []
-        if self.status != 204:
-            headers.append((b"content-length", b"%d" % len(self.body)))
         if self.media_type is not None:
             headers.append((b"content-type", self.media_type.encode("latin-1")))
+        return headers + self.own_headers()
+
+    def own_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers only this reply has: its length and any extra ones (the status
+        and content type are shared by many replies, see http_protocol._head)."""
+        headers: list[tuple[bytes, bytes]] = []
+        if self.status != 204:
+            headers.append((b"content-length", b"%d" % len(self.body)))
         for name, value in (self.headers or {}).items():
             headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
         return headers
