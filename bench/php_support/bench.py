@@ -27,6 +27,7 @@ import concurrent.futures
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -42,6 +43,7 @@ from typing import Any
 
 import httpx
 import pymysql
+from cpu import pids_named, processes, tree_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 WWW = ROOT / "bench" / "php_support" / "www"
@@ -260,13 +262,17 @@ class Bench:
         if self.args.warmup > 0:
             self.wrk(page, ids_file, self.args.warmup, connections)
         before = self.counters(page, ids)
+        cpu_before = self.cpu_seconds()
         res = self.wrk(page, ids_file, seconds, connections)
+        cpu = {k: v - cpu_before[k] for k, v in self.cpu_seconds().items()}
         after = self.counters(page, ids)
         # Requests still in flight when wrk stops are completed by PHP but not counted
         # by wrk, so up to --connections stored increments more than "ok" are normal.
         res["stored"] = after - before
         res["lost"] = max(0, res["ok"] - res["stored"])
         res["name"] = name
+        # CPU milliseconds per successful request, by process group
+        res["cpu_ms"] = {k: 1000 * v / max(1, res["ok"]) for k, v in cpu.items()}
         print(
             f"  {name:<22} {res['rps']:8.0f} req/s  p50 {res['p50_us'] / 1000:7.1f} ms  "
             f"p99 {res['p99_us'] / 1000:7.1f} ms  ok {res['ok']:6d}  stored {res['stored']:6d}  "
@@ -274,6 +280,18 @@ class Bench:
             flush=True,
         )
         return res
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each part of the bench: the PHP node, the service,
+        MariaDB and the load generator (wrk, a reaped child of this process)."""
+        table = processes()
+        return {
+            "php": tree_seconds([self.procs[1].pid], table),
+            "service": tree_seconds([self.procs[0].pid], table),
+            "mariadb": tree_seconds(pids_named("mariadbd"), table),
+            "wrk": resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+            + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime,
+        }
 
     def php_log_problems(self) -> list[str]:
         return [line for line in self.php_error_log.read_text().splitlines() if line.strip()]
@@ -359,6 +377,11 @@ def main() -> int:
             for name, res in main_res.items():
                 rates = ", ".join(f"{rps:.0f}" for rps in res["rounds_rps"])
                 print(f"  {name:<22} {res['rps']:8.0f} req/s  (rounds {rates})  lost {res['lost']}")
+        print("\nCPU milliseconds per request, by process (the median round):")
+        for name, res in main_res.items():
+            cpu_ms = res["cpu_ms"]
+            parts = "  ".join(f"{k} {v:5.2f}" for k, v in cpu_ms.items())
+            print(f"  {name:<22} {parts}  total {sum(cpu_ms.values()):5.2f}")
         print("\nratios (throughput, median of the rounds' ratios):")
         pairs = [
             ("service", "pdo"),
