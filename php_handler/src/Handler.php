@@ -665,9 +665,8 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
     /**
      * The options of one call (the URL aside). The previous call's options are still
      * on the handle, so each one a call may change is set here every time: HTTPGET
-     * first puts the method back to GET and switches NOBODY off, then NOBODY,
-     * POSTFIELDS (which makes it a POST) and CUSTOMREQUEST (null: none) give this
-     * call's method and body; the timeout is longer for a lock, which may wait; the
+     * first puts the method back to GET, then POSTFIELDS (which makes it a POST) and
+     * CUSTOMREQUEST (null: none) give this call's method and body; the timeout is longer for a lock, which may wait; the
      * header list is set when the presence of a body changes.
      *
      * @return array<int, mixed>
@@ -676,12 +675,10 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
     {
         $options = [
             \CURLOPT_HTTPGET => true,
-            \CURLOPT_CUSTOMREQUEST => 'GET' === $method || 'HEAD' === $method ? null : $method,
+            \CURLOPT_CUSTOMREQUEST => 'GET' === $method ? null : $method,
             \CURLOPT_TIMEOUT_MS => $this->timeoutMs + $extraTimeoutMs,
         ];
-        if ('HEAD' === $method) {
-            $options[\CURLOPT_NOBODY] = true;
-        } elseif (null !== $payload || 'POST' === $method) {
+        if (null !== $payload || 'POST' === $method) {
             $options[\CURLOPT_POSTFIELDS] = $payload ?? '';
         }
         $withBody = null !== $payload;
