@@ -285,12 +285,12 @@ class Bench:
         """CPU seconds used so far by each part of the bench: the PHP node, the service,
         MariaDB and the load generator (wrk, a reaped child of this process)."""
         table = processes()
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         return {
             "php": tree_seconds([self.procs[1].pid], table),
             "service": tree_seconds([self.procs[0].pid], table),
             "mariadb": tree_seconds(pids_named("mariadbd"), table),
-            "wrk": resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
-            + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime,
+            "wrk": reaped.ru_utime + reaped.ru_stime,
         }
 
     def php_log_problems(self) -> list[str]:

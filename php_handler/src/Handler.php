@@ -666,8 +666,9 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
      * The options of one call (the URL aside). The previous call's options are still
      * on the handle, so each one a call may change is set here every time: HTTPGET
      * first puts the method back to GET, then POSTFIELDS (which makes it a POST) and
-     * CUSTOMREQUEST (null: none) give this call's method and body; the timeout is longer for a lock, which may wait; the
-     * header list is set when the presence of a body changes.
+     * CUSTOMREQUEST (null: none) give this call's method and body; the timeout is
+     * longer for a lock, which may wait; the header list is set when the presence of
+     * a body changes.
      *
      * @return array<int, mixed>
      */
