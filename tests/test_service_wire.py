@@ -222,3 +222,66 @@ def test_replies_carry_date_type_length_and_problem_headers(service: ServiceProc
         assert int(headers[b"content-length"]) == len(body)
         assert headers[b"date"].endswith(b" GMT")
     assert h1[b"date"] != h4[b"date"], "a cached reply start must not freeze the date"
+
+
+def _until_closed(conn: socket.socket, chunk: bytes, most: int) -> bytes:
+    """Send `chunk` until `most` bytes went out or the service closes; then what it said."""
+    sent = 0
+    try:
+        while sent < most:
+            conn.sendall(chunk)
+            sent += len(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # closed by the service: its answer may still be readable
+    received = b""
+    try:
+        while part := conn.recv(65536):
+            received += part
+    except ConnectionResetError:
+        pass
+    return received
+
+
+@pytest.mark.parametrize("shape", ["endless headers", "one huge header", "huge url"])
+def test_a_request_head_over_64_kib_is_refused_with_431(
+    service: ServiceProcess, shape: str
+) -> None:
+    """uvicorn keeps a head's bytes until it is complete: a head that never ends must
+    not grow the service without limit. It is answered 431, the connection closed."""
+    with _connect(service) as conn:
+        if shape == "endless headers":
+            conn.sendall(b"GET /v1/sessions/%s HTTP/1.1\r\nHost: t\r\n" % session_id().encode())
+            answer = _until_closed(conn, b"X-Junk: " + b"a" * 1000 + b"\r\n", 8 << 20)
+        elif shape == "one huge header":
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Junk: ")
+            answer = _until_closed(conn, b"a" * 4096, 8 << 20)
+        else:
+            conn.sendall(b"GET /v1/sessions/")
+            answer = _until_closed(conn, b"a" * 4096, 8 << 20)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower()
+    assert body == b"request line and headers exceed 65536 bytes"
+    # the service goes on serving
+    with _connect(service) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        responses = _Responses()
+        _read(conn, responses, 1)
+        assert responses.done[0][0] == 200
+
+
+def test_a_large_head_within_the_limit_is_served(service: ServiceProcess) -> None:
+    """60 KiB of headers on keep-alive requests, one after another: each head counts
+    on its own, and every request is answered normally."""
+    sid = session_id()
+    padding = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(60))
+    with _connect(service) as conn:
+        responses = _Responses()
+        for _ in range(3):
+            conn.sendall(_lock(sid, extra=padding))
+            _read(conn, responses, len(responses.done) + 1)
+            lock = msgpack.unpackb(responses.done[-1][2])["lock"]
+            head, body = _write(sid, lock, b"x", extra=padding)
+            conn.sendall(head + body)
+            _read(conn, responses, len(responses.done) + 1)
+        assert [status for status, _, _ in responses.done] == [200] * 6

@@ -20,6 +20,11 @@ they buy here:
 
 Every other request (health, metrics, docs, 404s, ...) takes uvicorn's ASGI path
 to the FastAPI app unchanged.
+
+It also bounds a request's head: uvicorn's httptools protocol keeps every byte of
+a request line and headers until the head is complete, so a client that never
+ends its headers would grow the process without limit. A head over
+MAX_HEAD_BYTES is answered 431 and the connection closed.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from session_service.api.sessions import Endpoint, LeanPath, Reply
 
 log = logging.getLogger(__name__)
+
+#: the most a request's head (request line and headers) may take: 64 KiB, more than
+#: any client of this service sends (nginx allows 32 KiB by default, Node.js 16 KiB)
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class CoalescingTransport:
@@ -222,13 +231,61 @@ class DirectCycle:
 
 
 class SessionHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with coalesced writes and DirectCycle for
-    /v1/sessions requests (see the module's docstring)."""
+    """uvicorn's httptools protocol with coalesced writes, DirectCycle for
+    /v1/sessions requests and a bounded request head (see the module's docstring)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        # set here, after uvicorn's own attributes, on every connection in the same
+        # order: attributes added later would cost every attribute access on this object
+        #: bytes received since the current request's head began, while it is incomplete
+        self._head_bytes = 0
+        self._reading_head = True
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's data_received, with the head's bytes counted (inline: this runs
+        # for every request, and a call to the parent's method costs more than it does)
+        if self._reading_head:
+            self._head_bytes += len(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        if self._reading_head and self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        if self.transport.is_closing():  # already answered (a parse error, say)
+            return
+        message = f"request line and headers exceed {MAX_HEAD_BYTES} bytes"
+        log.warning("refused a request head over %d bytes (431)", MAX_HEAD_BYTES)
+        body = message.encode("ascii")
+        head = _head(self.server_state.default_headers, 431, "text/plain; charset=utf-8")
+        self.transport.write(
+            b"%scontent-length: %d\r\nconnection: close\r\n\r\n%s" % (head, len(body), body)
+        )
+        self.transport.close()
+
+    def on_message_complete(self) -> None:
+        # uvicorn's on_message_complete, and the next request's head begins
+        self._reading_head, self._head_bytes = True, 0
+        cycle = self.cycle
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+            return
+        cycle.more_body = False
+        cycle.message_event.set()
 
     def on_headers_complete(self) -> None:
+        self._reading_head = False
         lean = self.app
         if (
             not isinstance(lean, LeanPath)  # wrapped, e.g. by trace logging: the ASGI path
