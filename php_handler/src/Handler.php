@@ -52,6 +52,13 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
     private const TLS_ERRORS = [35, 51, 53, 54, 58, 59, 60, 64, 66, 77, 80, 82, 83, 90, 91];
 
     private const SID_PATTERN = '/^[A-Za-z0-9,-]{22,256}$/D';
+    /**
+     * The largest answer read: the service's largest session (16 MiB at most) in
+     * base64 JSON, with room to spare. Something else on the service's port that
+     * announces more is refused before its body is read, instead of filling PHP's
+     * memory_limit and ending the request with a fatal error.
+     */
+    private const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
 
     // The options, at their defaults until the constructor sees them set.
     /** @var non-empty-list<string> */
@@ -633,6 +640,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         }
         $options = [
             \CURLOPT_RETURNTRANSFER => true,
+            \CURLOPT_MAXFILESIZE => self::MAX_ANSWER_BYTES,
             \CURLOPT_CONNECTTIMEOUT_MS => $this->connectTimeoutMs,
             \CURLOPT_NOSIGNAL => true,
             \CURLOPT_TCP_NODELAY => true,

@@ -121,6 +121,11 @@ CASES: dict[str, tuple[Action, str]] = {
         Action("truncate", 200, "application/msgpack", b"\x84\xa4data\xc4\x10abc", claimed=400),
         r"^incomplete answer: HTTP 200, then curl error 18: .* from URL",
     ),
+    "announces_200_mib": (
+        # something on the service's port that would fill PHP's memory_limit
+        Action("truncate", 200, "application/msgpack", b"\x84", claimed=200 << 20),
+        r"^incomplete answer: HTTP 200, then curl error 63: .*(size|exceed)",
+    ),
     "500_no_body": (
         Action("respond", 500, None, b""),
         r"answered HTTP 500 \(no error body\)",
