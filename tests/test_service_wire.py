@@ -285,3 +285,78 @@ def test_a_large_head_within_the_limit_is_served(service: ServiceProcess) -> Non
             conn.sendall(head + body)
             _read(conn, responses, len(responses.done) + 1)
         assert [status for status, _, _ in responses.done] == [200] * 6
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """A service that gives a request head half a second."""
+    base: Path = tmp_path_factory.mktemp("wire-impatient")
+    process = ServiceProcess(
+        db_url=f"sqlite:///{base / 'sessions.db'}",
+        log_path=base / "service.log",
+        extra_args=["--request-head-timeout", "0.5"],
+    ).start()
+    yield process
+    process.stop()
+
+
+def _closed_with(conn: socket.socket, started: float) -> tuple[bytes, float]:
+    """Everything the service sends until it closes, and when it closed."""
+    received = b""
+    while part := conn.recv(65536):
+        received += part
+    return received, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    "sends", [b"", b"GET /healthz HT", b"GET /healthz HTTP/1.1\r\nHost: t\r\n"]
+)
+def test_a_head_not_complete_in_time_is_answered_408(
+    impatient: ServiceProcess, sends: bytes
+) -> None:
+    """A connection that sends nothing, or part of a head, is not kept for ever (uvicorn
+    sets no timer until a head is complete): 408, then closed."""
+    with _connect(impatient) as conn:
+        started = time.monotonic()
+        conn.sendall(sends)
+        answer, after = _closed_with(conn, started)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert answer.endswith(b"\r\n\r\nno complete request line and headers in time")
+    assert 0.4 < after < 5, after
+
+
+def test_a_head_dribbled_byte_by_byte_does_not_keep_the_connection(
+    impatient: ServiceProcess,
+) -> None:
+    """Each byte of a head that never ends must not restart the clock."""
+    with _connect(impatient) as conn:
+        started = time.monotonic()
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        try:
+            for _ in range(50):
+                conn.sendall(b"X")
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer, after = _closed_with(conn, started)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert after < 2.5, after
+
+
+def test_slow_requests_within_the_timeout_are_served_and_keep_alive_goes_on(
+    impatient: ServiceProcess,
+) -> None:
+    """A head in pieces within the timeout is served; each request on a kept-alive
+    connection gets its own time; a partial head after them still times out."""
+    with _connect(impatient) as conn:
+        responses = _Responses()
+        for count in range(1, 4):
+            conn.sendall(b"GET /healthz HTTP/1.1\r\n")
+            time.sleep(0.3)
+            conn.sendall(b"Host: t\r\n\r\n")
+            _read(conn, responses, count)
+            time.sleep(0.3)  # idle between requests: uvicorn's keep-alive (5 s) applies
+        assert [status for status, _, _ in responses.done] == [200, 200, 200]
+        conn.sendall(b"GET /healthz HTTP/1.1\r\n")
+        answer, _ = _closed_with(conn, time.monotonic())
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]

@@ -21,10 +21,15 @@ they buy here:
 Every other request (health, metrics, docs, 404s, ...) takes uvicorn's ASGI path
 to the FastAPI app unchanged.
 
-It also bounds a request's head: uvicorn's httptools protocol keeps every byte of
-a request line and headers until the head is complete, so a client that never
-ends its headers would grow the process without limit. A head over
-MAX_HEAD_BYTES is answered 431 and the connection closed.
+It also bounds a request's head, in size and in time. uvicorn's httptools
+protocol keeps every byte of a request line and headers until the head is
+complete, so a client that never ends its headers would grow the process without
+limit: a head over MAX_HEAD_BYTES is answered 431 and the connection closed. And
+it sets no timer while a connection has sent nothing yet or only part of a head,
+so connections that connect and wait, or send a byte now and then, would stay
+open for ever and use up the process's file descriptors: a head not complete
+within the request_head_timeout setting is answered 408 and the connection
+closed. (Between requests, uvicorn's own keep-alive timeout applies.)
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from starlette.types import Message
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from session_service.api.sessions import Endpoint, LeanPath, Reply
+from session_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +236,14 @@ class DirectCycle:
         self.protocol.on_response_complete()
 
 
+def _head_timeout(app: Any) -> float:
+    """The request_head_timeout setting of the service behind `app` (a LeanPath),
+    or its default for any other app."""
+    if isinstance(app, LeanPath):
+        return app.endpoints.settings.request_head_timeout
+    return float(Settings.model_fields["request_head_timeout"].default)
+
+
 class SessionHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with coalesced writes, DirectCycle for
     /v1/sessions requests and a bounded request head (see the module's docstring)."""
@@ -241,6 +255,22 @@ class SessionHttpProtocol(HttpToolsProtocol):
         #: bytes received since the current request's head began, while it is incomplete
         self._head_bytes = 0
         self._reading_head = True
+        #: closes the connection if its first head is not complete in time
+        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            _head_timeout(self.app), self._head_timed_out
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._reading_head and not self.transport.is_closing():
+            log.info("closed a connection whose request head was not complete in time (408)")
+            self._refuse(408, "no complete request line and headers in time")
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's data_received, with the head's bytes counted (inline: this runs
@@ -260,16 +290,21 @@ class SessionHttpProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
-        if self._reading_head and self._head_bytes > MAX_HEAD_BYTES:
-            self._refuse_head()
+        if self._reading_head and self._head_bytes:
+            # part of a head is waiting for the rest (rare: a head usually comes whole)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                if not self.transport.is_closing():  # else answered already (parse error)
+                    log.warning("refused a request head over %d bytes (431)", MAX_HEAD_BYTES)
+                    self._refuse(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
+            elif self._head_timer is None:
+                self._head_timer = self.loop.call_later(
+                    _head_timeout(self.app), self._head_timed_out
+                )
 
-    def _refuse_head(self) -> None:
-        if self.transport.is_closing():  # already answered (a parse error, say)
-            return
-        message = f"request line and headers exceed {MAX_HEAD_BYTES} bytes"
-        log.warning("refused a request head over %d bytes (431)", MAX_HEAD_BYTES)
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` with `message` as plain text, and close the connection."""
         body = message.encode("ascii")
-        head = _head(self.server_state.default_headers, 431, "text/plain; charset=utf-8")
+        head = _head(self.server_state.default_headers, status, "text/plain; charset=utf-8")
         self.transport.write(
             b"%scontent-length: %d\r\nconnection: close\r\n\r\n%s" % (head, len(body), body)
         )
@@ -286,6 +321,9 @@ class SessionHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         lean = self.app
         if (
             not isinstance(lean, LeanPath)  # wrapped, e.g. by trace logging: the ASGI path
