@@ -53,11 +53,12 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=7070, ge=0, le=65535, description="TCP port to listen on")
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
-    request_head_timeout: float = Field(
+    request_read_timeout: float = Field(
         default=20.0,
         gt=0.0,
-        description="seconds a new connection, or a request begun on an open one, has to "
-        "send its whole request line and headers; then 408 and closed",
+        description="seconds a client has to send a request's line and headers (from when "
+        "the connection opens or the request begins), and then again its body; then 408 "
+        "and the connection closed",
     )
     tokens: str = Field(
         default="",

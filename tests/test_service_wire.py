@@ -289,12 +289,12 @@ def test_a_large_head_within_the_limit_is_served(service: ServiceProcess) -> Non
 
 @pytest.fixture(scope="module")
 def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """A service that gives a request head half a second."""
+    """A service that gives a request head, and then its body, half a second."""
     base: Path = tmp_path_factory.mktemp("wire-impatient")
     process = ServiceProcess(
         db_url=f"sqlite:///{base / 'sessions.db'}",
         log_path=base / "service.log",
-        extra_args=["--request-head-timeout", "0.5"],
+        extra_args=["--request-read-timeout", "0.5"],
     ).start()
     yield process
     process.stop()
@@ -360,3 +360,62 @@ def test_slow_requests_within_the_timeout_are_served_and_keep_alive_goes_on(
         conn.sendall(b"GET /healthz HTTP/1.1\r\n")
         answer, _ = _closed_with(conn, time.monotonic())
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+
+
+def test_a_body_not_complete_in_time_is_answered_408_and_nothing_written(
+    impatient: ServiceProcess,
+) -> None:
+    """A write whose body stops halfway: 408 and closed; the session is not written."""
+    sid = session_id()
+    with _connect(impatient) as conn:
+        responses, lock = _locked(conn, sid)
+        conn.sendall(b"".join(_write(sid, lock, b"first")))
+        _read(conn, responses, 2)
+        assert responses.done[1][0] == 200
+        _, lock = _locked(conn, sid)
+        head, body = _write(sid, lock, b"y" * 100)
+        started = time.monotonic()
+        conn.sendall(head + body[:20])
+        answer, after = _closed_with(conn, started)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert answer.endswith(b"\r\n\r\nrequest body not complete in time")
+    assert 0.4 < after < 5, after
+    with _connect(impatient) as conn:
+        conn.sendall(
+            b"GET /v1/sessions/%s HTTP/1.1\r\nHost: t\r\n%sAccept: application/msgpack\r\n\r\n"
+            % (sid.encode(), AUTH)
+        )
+        responses = _Responses()
+        _read(conn, responses, 1)
+    status, _, reply = responses.done[0]
+    assert status == 200 and msgpack.unpackb(reply)["data"] == b"first"
+
+
+def test_a_body_in_pieces_within_the_timeout_is_served(impatient: ServiceProcess) -> None:
+    sid = session_id()
+    with _connect(impatient) as conn:
+        responses, lock = _locked(conn, sid)
+        head, body = _write(sid, lock, b"z" * 100)
+        conn.sendall(head + body[:20])
+        time.sleep(0.15)
+        conn.sendall(body[20:60])
+        time.sleep(0.15)  # 0.3 s in all: the body's time runs from the end of its head
+        conn.sendall(body[60:])
+        _read(conn, responses, 2)
+        assert responses.done[1][0] == 200, responses.done[1]
+
+
+def test_a_request_answered_before_its_body_is_closed_quietly(
+    impatient: ServiceProcess,
+) -> None:
+    """Refused before its body was read (here: no token) and the body never comes: the
+    connection is closed when the time is up, with nothing after the refusal."""
+    with _connect(impatient) as conn:
+        conn.sendall(
+            b"PUT /v1/sessions/%s HTTP/1.1\r\nHost: t\r\nContent-Type: application/msgpack\r\n"
+            b"Content-Length: 100\r\n\r\n" % session_id().encode()
+        )
+        answer, after = _closed_with(conn, time.monotonic())
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert after < 5, after

@@ -21,15 +21,19 @@ they buy here:
 Every other request (health, metrics, docs, 404s, ...) takes uvicorn's ASGI path
 to the FastAPI app unchanged.
 
-It also bounds a request's head, in size and in time. uvicorn's httptools
+It also bounds what a client may hold, in size and in time. uvicorn's httptools
 protocol keeps every byte of a request line and headers until the head is
 complete, so a client that never ends its headers would grow the process without
 limit: a head over MAX_HEAD_BYTES is answered 431 and the connection closed. And
-it sets no timer while a connection has sent nothing yet or only part of a head,
-so connections that connect and wait, or send a byte now and then, would stay
-open for ever and use up the process's file descriptors: a head not complete
-within the request_head_timeout setting is answered 408 and the connection
-closed. (Between requests, uvicorn's own keep-alive timeout applies.)
+uvicorn sets no timer while a connection has sent nothing yet, part of a head,
+or part of a body, so connections that connect and wait, or send a byte now and
+then, would stay open for ever and use up the process's file descriptors and
+tasks: a head not complete within the request_read_timeout setting, or a body
+not complete within it after its head, is answered 408 and the connection
+closed. (An idle kept-alive connection is closed by uvicorn's keep-alive
+timeout.) The timer costs nothing on the usual request, whose head and body
+come in one piece: it is armed per connection, and per request only when a head
+or body is still incomplete after the bytes received so far.
 """
 
 from __future__ import annotations
@@ -236,12 +240,14 @@ class DirectCycle:
         self.protocol.on_response_complete()
 
 
-def _head_timeout(app: Any) -> float:
-    """The request_head_timeout setting of the service behind `app` (a LeanPath),
-    or its default for any other app."""
-    if isinstance(app, LeanPath):
-        return app.endpoints.settings.request_head_timeout
-    return float(Settings.model_fields["request_head_timeout"].default)
+def _read_timeout(app: Any) -> float:
+    """The request_read_timeout setting of the service behind `app`: a LeanPath, or
+    middleware around one (uvicorn's trace logging); else the setting's default."""
+    for _ in range(5):
+        if isinstance(app, LeanPath):
+            return app.endpoints.settings.request_read_timeout
+        app = getattr(app, "app", None)
+    return float(Settings.model_fields["request_read_timeout"].default)
 
 
 class SessionHttpProtocol(HttpToolsProtocol):
@@ -255,20 +261,38 @@ class SessionHttpProtocol(HttpToolsProtocol):
         #: bytes received since the current request's head began, while it is incomplete
         self._head_bytes = 0
         self._reading_head = True
-        #: closes the connection if its first head is not complete in time
-        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(
-            _head_timeout(self.app), self._head_timed_out
+        #: between a request's head and the end of its body
+        self._in_body = False
+        #: closes the connection if a head or body is not complete in time; armed for
+        #: the first head, then only when a head or body spans several reads
+        self._read_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            _read_timeout(self.app), self._read_timed_out
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         super().connection_lost(exc)
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self._reading_head and not self.transport.is_closing():
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self._in_body:
+            if cycle is not None and cycle.response_complete:
+                self.transport.close()  # answered without its body: just stop waiting
+                return
+            log.info("closed a connection whose request body was not complete in time (408)")
+            self._refuse(408, "request body not complete in time")
+        elif self._reading_head:
+            if cycle is not None and not cycle.response_complete:
+                # a pipelined head behind a response still being prepared waits its turn
+                self._read_timer = self.loop.call_later(
+                    _read_timeout(self.app), self._read_timed_out
+                )
+                return
             log.info("closed a connection whose request head was not complete in time (408)")
             self._refuse(408, "no complete request line and headers in time")
 
@@ -290,16 +314,19 @@ class SessionHttpProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
-        if self._reading_head and self._head_bytes:
-            # part of a head is waiting for the rest (rare: a head usually comes whole)
+        # Usually a request comes whole and nothing below applies.
+        if self._reading_head:
+            if not self._head_bytes:
+                return
             if self._head_bytes > MAX_HEAD_BYTES:
                 if not self.transport.is_closing():  # else answered already (parse error)
                     log.warning("refused a request head over %d bytes (431)", MAX_HEAD_BYTES)
                     self._refuse(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
-            elif self._head_timer is None:
-                self._head_timer = self.loop.call_later(
-                    _head_timeout(self.app), self._head_timed_out
-                )
+                return
+        elif not self._in_body:
+            return
+        if self._read_timer is None:  # part of a head or body waits for the rest
+            self._read_timer = self.loop.call_later(_read_timeout(self.app), self._read_timed_out)
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer `status` with `message` as plain text, and close the connection."""
@@ -312,7 +339,10 @@ class SessionHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         # uvicorn's on_message_complete, and the next request's head begins
-        self._reading_head, self._head_bytes = True, 0
+        self._reading_head, self._head_bytes, self._in_body = True, 0, False
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         cycle = self.cycle
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
@@ -320,10 +350,10 @@ class SessionHttpProtocol(HttpToolsProtocol):
         cycle.message_event.set()
 
     def on_headers_complete(self) -> None:
-        self._reading_head = False
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._reading_head, self._in_body = False, True
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         lean = self.app
         if (
             not isinstance(lean, LeanPath)  # wrapped, e.g. by trace logging: the ASGI path
