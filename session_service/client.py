@@ -18,6 +18,10 @@ from session_service.store import SessionRecord, WriteResult
 
 _MSGPACK = "application/msgpack"
 
+#: the largest answer read: the largest session (16 MiB) with room to spare; anything
+#: bigger is not the service's answer, and is refused before it fills the memory
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
 
 class ServiceError(errors.StoreError):
     """The service answered with an error this client has no specific exception for."""
@@ -33,16 +37,43 @@ class Unauthorized(ServiceError):
     """The token is missing or unknown."""
 
 
-def _raise_for(response: httpx.Response) -> None:
+class BadAnswer(ServiceError):
+    """The answer is not a session-service answer (a proxy's page, another server on
+    the port, a truncated or oversized body): nothing in it is trusted."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(status, "bad_answer", detail)
+
+
+def _read_capped(response: httpx.Response) -> bytes:
+    """The body of a streamed response, refused once it would exceed MAX_ANSWER_BYTES."""
+    try:
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_ANSWER_BYTES:
+            raise BadAnswer(
+                response.status_code, f"answer announces {length} bytes, over {MAX_ANSWER_BYTES}"
+            )
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise BadAnswer(response.status_code, f"answer over {MAX_ANSWER_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        response.close()
+
+
+def _raise_for(response: httpx.Response, content: bytes) -> None:
     if response.status_code < 400:
         return
     code, detail = "http_error", response.reason_phrase
-    if response.content:
+    if content:
         try:
-            body = msgpack.unpackb(response.content, raw=False)
+            body = msgpack.unpackb(content, raw=False)
             code, detail = body.get("error", code), body.get("detail", detail)
         except Exception:  # not our error body (a proxy in between, for example)
-            detail = response.text[:200]
+            detail = content[:200].decode("utf-8", "replace")
     status = response.status_code
     if status == 401:
         raise Unauthorized(status, code, detail)
@@ -65,14 +96,30 @@ def _raise_for(response: httpx.Response) -> None:
 
 
 def _record(body: dict[str, Any]) -> SessionRecord:
+    data, version, expires_at = body.get("data"), body.get("version"), body.get("expires_at")
+    lock = body.get("lock")
+    if not (
+        isinstance(data, bytes)
+        and isinstance(version, int)
+        and isinstance(expires_at, int)
+        and (lock is None or isinstance(lock, str))
+    ):
+        raise BadAnswer(200, "answer has no bytes data, integer version and expires_at")
     return SessionRecord(
-        data=body["data"],
-        version=body["version"],
-        expires_at=body["expires_at"],
-        lock=body.get("lock"),
+        data=data,
+        version=version,
+        expires_at=expires_at,
+        lock=lock,
         lease_expires_at_ms=body.get("lease_expires_at_ms"),
         new=bool(body.get("new", False)),
     )
+
+
+def _written(body: dict[str, Any]) -> WriteResult:
+    version, expires_at = body.get("version"), body.get("expires_at")
+    if not (isinstance(version, int) and isinstance(expires_at, int)):
+        raise BadAnswer(200, "answer has no integer version and expires_at")
+    return WriteResult(version, expires_at)
 
 
 class SessionClient:
@@ -119,7 +166,8 @@ class SessionClient:
         path: str,
         body: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
-    ) -> httpx.Response:
+    ) -> tuple[httpx.Response, bytes]:
+        """The response (closed) and its body, after raising for an error status."""
         content = None
         headers = {}
         if body is not None:
@@ -127,13 +175,28 @@ class SessionClient:
                 {k: v for k, v in body.items() if v is not None}, use_bin_type=True
             )
             headers["Content-Type"] = _MSGPACK
-        response = self._http.request(method, path, content=content, params=params, headers=headers)
-        _raise_for(response)
-        return response
+        request = self._http.build_request(
+            method, path, content=content, params=params, headers=headers
+        )
+        response = self._http.send(request, stream=True)
+        answer = _read_capped(response)
+        _raise_for(response, answer)
+        return response, answer
 
     @staticmethod
-    def _body(response: httpx.Response) -> dict[str, Any]:
-        decoded: dict[str, Any] = msgpack.unpackb(response.content, raw=False)
+    def _body(sent: tuple[httpx.Response, bytes]) -> dict[str, Any]:
+        """A success answer's msgpack map; anything else is a BadAnswer."""
+        response, content = sent
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        if media_type != _MSGPACK:
+            kind = media_type or "untyped"
+            raise BadAnswer(response.status_code, f"answer is {kind}, not msgpack")
+        try:
+            decoded = msgpack.unpackb(content, raw=False)
+        except Exception:  # msgpack raises several types for bad input
+            raise BadAnswer(response.status_code, "answer is not valid msgpack") from None
+        if not isinstance(decoded, dict):
+            raise BadAnswer(response.status_code, "answer is not a msgpack map")
         return decoded
 
     def read(self, sid: str) -> SessionRecord | None:
@@ -146,7 +209,7 @@ class SessionClient:
         response = self._http.head(f"/v1/sessions/{sid}")
         if response.status_code == 404:
             return False
-        _raise_for(response)
+        _raise_for(response, b"")
         return True
 
     def lock(
@@ -167,14 +230,11 @@ class SessionClient:
         if_version: int | None = None,
     ) -> WriteResult:
         body = {"data": data, "ttl": ttl, "lock": lock, "if_version": if_version}
-        result = self._body(self._send("PUT", f"/v1/sessions/{sid}", body))
-        return WriteResult(result["version"], result["expires_at"])
+        return _written(self._body(self._send("PUT", f"/v1/sessions/{sid}", body)))
 
     def touch(self, sid: str, ttl: int, *, lock: str | None = None) -> WriteResult:
-        result = self._body(
-            self._send("POST", f"/v1/sessions/{sid}/touch", {"ttl": ttl, "lock": lock})
-        )
-        return WriteResult(result["version"], result["expires_at"])
+        sent = self._send("POST", f"/v1/sessions/{sid}/touch", {"ttl": ttl, "lock": lock})
+        return _written(self._body(sent))
 
     def release(self, sid: str, lock: str) -> None:
         self._send("DELETE", f"/v1/sessions/{sid}/lock", params={"lock": lock})
@@ -183,4 +243,7 @@ class SessionClient:
         self._send("DELETE", f"/v1/sessions/{sid}")
 
     def gc(self) -> int:
-        return int(self._body(self._send("POST", "/v1/gc"))["deleted"])
+        deleted = self._body(self._send("POST", "/v1/gc")).get("deleted")
+        if not isinstance(deleted, int):
+            raise BadAnswer(200, "answer has no integer deleted")
+        return deleted
