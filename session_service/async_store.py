@@ -304,15 +304,8 @@ class AsyncMySQLRunner:
             ):
                 self._discard(raw)
                 continue
-            if self._ping_idle is not None and now - raw._session_service_idle_since >= (
-                self._ping_idle
-            ):
-                try:
-                    await raw.ping(reconnect=False)
-                except (my_errors.Error, OSError):  # closed by a restart or wait_timeout
-                    self._discard(raw)
-                    continue
-            return raw
+            if not self._due_ping(raw, now) or await self._answers_ping(raw):
+                return raw
         if self._pool is None:
             async with self._pool_lock:
                 if self.dialect.server_version_info is None:
@@ -330,17 +323,8 @@ class AsyncMySQLRunner:
                 raw = await self._pool.acquire()
             finally:
                 self._waiting -= 1
-            idle_since = getattr(raw, "_session_service_idle_since", None)
-            if (
-                self._ping_idle is not None
-                and idle_since is not None
-                and time.monotonic() - idle_since >= self._ping_idle
-            ):
-                try:
-                    await raw.ping(reconnect=False)
-                except (my_errors.Error, OSError):  # closed by a restart or wait_timeout
-                    self._discard(raw)
-                    continue
+            if self._due_ping(raw, time.monotonic()) and not await self._answers_ping(raw):
+                continue
             if not getattr(raw, "_session_service_ready", False):
                 async with raw.cursor() as cursor:
                     await cursor.execute("SET SESSION innodb_lock_wait_timeout = 5")
@@ -349,6 +333,26 @@ class AsyncMySQLRunner:
                 raw._session_service_green = GreenConnection(raw, self)
             return raw
         raise my_errors.OperationalError(2013, "no live connection in the pool")
+
+    def _due_ping(self, raw: Any, now: float) -> bool:
+        """Whether a pooled connection was idle for db_pre_ping_idle (checked without
+        a coroutine: this runs before every statement)."""
+        idle_since = getattr(raw, "_session_service_idle_since", None)
+        return (
+            self._ping_idle is not None
+            and idle_since is not None
+            and now - idle_since >= self._ping_idle
+        )
+
+    async def _answers_ping(self, raw: Any) -> bool:
+        """False (and the connection discarded) if it does not answer a ping: closed
+        meanwhile by a restart or wait_timeout."""
+        try:
+            await raw.ping(reconnect=False)
+        except (my_errors.Error, OSError):
+            self._discard(raw)
+            return False
+        return True
 
     async def _learn_server(self) -> None:
         """Let SQLAlchemy's dialect learn the server (MariaDB or MySQL, which version) from
