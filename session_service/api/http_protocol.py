@@ -265,9 +265,12 @@ class SessionHttpProtocol(HttpToolsProtocol):
         self._in_body = False
         #: closes the connection if a head or body is not complete in time; armed for
         #: the first head, then only when a head or body spans several reads
-        self._read_timer: asyncio.TimerHandle | None = self.loop.call_later(
-            _read_timeout(self.app), self._read_timed_out
-        )
+        self._read_seconds = _read_timeout(self.app)
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._arm_read_timer()
+
+    def _arm_read_timer(self) -> None:
+        self._read_timer = self.loop.call_later(self._read_seconds, self._read_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._read_timer is not None:
@@ -289,9 +292,7 @@ class SessionHttpProtocol(HttpToolsProtocol):
         elif self._reading_head:
             if cycle is not None and not cycle.response_complete:
                 # a pipelined head behind a response still being prepared waits its turn
-                self._read_timer = self.loop.call_later(
-                    _read_timeout(self.app), self._read_timed_out
-                )
+                self._arm_read_timer()
                 return
             log.info("closed a connection whose request head was not complete in time (408)")
             self._refuse(408, "no complete request line and headers in time")
@@ -326,7 +327,7 @@ class SessionHttpProtocol(HttpToolsProtocol):
         elif not self._in_body:
             return
         if self._read_timer is None:  # part of a head or body waits for the rest
-            self._read_timer = self.loop.call_later(_read_timeout(self.app), self._read_timed_out)
+            self._arm_read_timer()
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer `status` with `message` as plain text, and close the connection."""
