@@ -8,7 +8,8 @@ deploy/check_balancer.py, checked with the real tools.
 - a real failover: two balancers, each with keepalived running the shipped config, in
   two network namespaces (lb1, lb2) bridged to a third (web: the backend and the
   client); killing lb1's balancer moves the floating IP to lb2 and requests to the
-  floating IP keep being answered; when lb1's balancer is back, lb1 takes the IP back.
+  floating IP keep being answered; when lb1's balancer is back, lb1 takes the IP back;
+  with the only web node down, the IP stays on lb1, which answers 503.
 
 Needs root, iproute2 and keepalived (`make test` installs it). A missing tool fails the
 test with the command that installs it, as the other tests do: nothing here skips.
@@ -54,7 +55,7 @@ def need(tool: str, package: str) -> str:
 def local_config(name: str, tmp_path: Path) -> Path:
     """The shipped config with one change: the health script where this checkout has it."""
     text = CONFIGS[name].read_text()
-    assert text.count(INSTALLED_CHECK) == 1, name
+    assert text.count(INSTALLED_CHECK) == 2, name  # balancer_alive and web_node_up
     path = tmp_path / f"{name}.conf"
     path.write_text(text.replace(INSTALLED_CHECK, str(CHECK)))
     return path
@@ -77,6 +78,14 @@ def settings_of(path: Path) -> dict[str, str]:
         if len(words) == 2:
             found[words[0]] = words[1].strip()
     return found
+
+
+SCRIPTS = ("vrrp_script balancer_alive", "vrrp_script web_node_up")
+
+
+def script_settings(name: str) -> dict[str, str]:
+    """`keyword value` lines of one vrrp_script block of lb1.conf."""
+    return dict(line.split(None, 1) for line in block(CONFIGS["lb1"], name))
 
 
 def block(path: Path, name: str) -> list[str]:
@@ -105,7 +114,6 @@ def test_keepalived_accepts_both_configs(tmp_path: Path) -> None:
 def test_the_two_configs_make_one_pair() -> None:
     lb1, lb2 = (settings_of(CONFIGS[name]) for name in ("lb1", "lb2"))
     assert (lb1["state"], lb2["state"]) == ("MASTER", "BACKUP")
-    assert int(lb1["priority"]) > int(lb2["priority"])
     for key in ("virtual_router_id", "advert_int", "auth_type", "auth_pass", "interface"):
         assert lb1[key] == lb2[key], key
     assert len(lb1["auth_pass"]) <= 8  # keepalived uses only the first 8 characters
@@ -114,16 +122,34 @@ def test_the_two_configs_make_one_pair() -> None:
     assert lb2["unicast_src_ip"] == LB_ADDRESSES["lb2"]
     assert block(CONFIGS["lb1"], "unicast_peer") == [LB_ADDRESSES["lb2"]]
     assert block(CONFIGS["lb2"], "unicast_peer") == [LB_ADDRESSES["lb1"]]
-    for name in ("virtual_ipaddress", "vrrp_script check_balancer", "track_script"):
+    for name in (*SCRIPTS, "virtual_ipaddress", "track_script"):
         assert block(CONFIGS["lb1"], name) == block(CONFIGS["lb2"], name), name
     assert block(CONFIGS["lb1"], "virtual_ipaddress") == [f"{VIP}/24 dev eth0"]
-    # the script keepalived runs is the one in deploy/, on the stats port compose uses
-    assert lb1["script"] == f'"{INSTALLED_CHECK} http://127.0.0.1:8404/stats"'
+    assert block(CONFIGS["lb1"], "track_script") == ["balancer_alive", "web_node_up"]
+    alive, web = (script_settings(name) for name in SCRIPTS)
+    # the scripts keepalived runs are deploy/'s, on the stats port compose uses
+    url = "http://127.0.0.1:8404/stats"
+    assert alive["script"] == f'"{INSTALLED_CHECK} --alive {url}"'
+    assert web["script"] == f'"{INSTALLED_CHECK} {url}"'
+    assert "weight" not in alive  # a dead balancer: FAULT, the IP leaves at once
+    healthy1, healthy2, weight = int(lb1["priority"]), int(lb2["priority"]), int(web["weight"])
+    sick1, sick2 = healthy1 + weight, healthy2 + weight
+    assert healthy1 > healthy2  # both with a web node UP: lb1
+    assert sick1 < healthy2 and sick2 < healthy1  # one without: the other one
+    assert sick1 > sick2  # neither: lb1 keeps the IP (and answers 503)
     assert os.access(CHECK, os.X_OK)
     assert CHECK.read_text().startswith("#!/usr/bin/env python3\n")
 
 
 # --------------------------------------------------------------------------- health script
+
+
+#: keepalived's environment as systemd starts it: its scripts' `/usr/bin/env python3` is
+#: the system's Python (not a pyenv shim, slow enough on a loaded machine to time out)
+SYSTEM_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+}
 
 
 class Processes:
@@ -132,9 +158,11 @@ class Processes:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    def start(
+        self, args: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         self.started.append(proc)
         return proc
 
@@ -172,7 +200,7 @@ def web_root(tmp_path: Path) -> Path:
 def balancer_args(listen: str, backend: str, stats: str) -> list[str]:
     return [
         sys.executable, "-m", "balancer", "-f", "--stats", stats, "--check-path", "/health",
-        "--check-interval", "0.2", "--check-timeout", "2", "--rise", "1", "--fall", "1",
+        "--check-interval", "0.2", "--check-timeout", "2", "--rise", "1", "--fall", "2",
         listen, f"{backend},name=web",
     ]  # fmt: skip
 
@@ -210,14 +238,17 @@ def test_health_script_follows_the_balancer(tmp_path: Path, processes: Processes
     failed = check_until(url, passing=False)
     assert failed.returncode == 1
     assert failed.stderr == "check_balancer.py: no backend is UP (web DOWN)\n"
+    alive = subprocess.run([str(CHECK), "--alive", url], capture_output=True, text=True)
+    assert (alive.returncode, alive.stderr) == (0, "")  # the balancer itself answers
     # it comes back: the script passes again
     processes.start(backend_args, tmp_path / "backend.log")
     check_until(url, passing=True)
     # the balancer dies
     stop(balancer, signal.SIGKILL)
-    failed = run_check(url)
-    assert failed.returncode == 1
-    assert failed.stderr.startswith(f"check_balancer.py: balancer stats at {url} not reachable")
+    for args in ([url], ["--alive", url]):
+        failed = subprocess.run([str(CHECK), *args], capture_output=True, text=True)
+        assert failed.returncode == 1
+        assert failed.stderr.startswith(f"check_balancer.py: balancer stats at {url} not reachable")
     # bad usage is a one-line error, not a traceback
     bad = subprocess.run([str(CHECK), "--timeout", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--timeout must be positive" in bad.stderr
@@ -305,13 +336,21 @@ def client_lines(log: Path) -> list[tuple[float, str]]:
     return lines
 
 
+def logged(log: Path, text: str) -> Callable[[], bool]:
+    return lambda: text in log.read_text()
+
+
+def client_tail(log: Path, since: float) -> str:
+    return " ".join(r for t, r in client_lines(log) if t >= since)
+
+
 def test_floating_ip_moves_to_the_backup_when_the_master_balancer_dies(
     tmp_path: Path, namespaces: Namespaces, processes: Processes
 ) -> None:
     keepalived = need("keepalived", "keepalived")
     logs = {name: tmp_path / f"{name}.log" for name in
             ("web", "bal-lb1", "bal-lb2", "ka-lb1", "ka-lb2", "client")}  # fmt: skip
-    processes.start(
+    web = processes.start(
         namespaces.exec("web", [sys.executable, "-m", "http.server", "8000", "--bind",
                                 WEB_ADDRESS, "--directory", str(web_root(tmp_path))]),
         logs["web"],
@@ -332,6 +371,7 @@ def test_floating_ip_moves_to_the_backup_when_the_master_balancer_dies(
                 "--vrrp_pid", str(run / "vrrp.pid"), "--checkers_pid", str(run / "checkers.pid"),
             ]),
             logs[f"ka-{short}"],
+            env=SYSTEM_ENV,
         )  # fmt: skip
     all_logs = list(logs.values())
     poll(lambda: namespaces.has_vip("lb1") and not namespaces.has_vip("lb2"),
@@ -349,7 +389,7 @@ def test_floating_ip_moves_to_the_backup_when_the_master_balancer_dies(
 
     poll(lambda: answered_since(0) >= 5, "5 answers through the floating IP on lb1", all_logs)
 
-    # lb1's balancer dies: its health script fails, lb1 goes to FAULT, lb2 takes the IP
+    # lb1's balancer dies: balancer_alive fails, lb1 goes to FAULT, lb2 takes the IP
     killed_at = time.time()
     stop(balancers["lb1"], signal.SIGKILL)
     poll(lambda: namespaces.has_vip("lb2") and not namespaces.has_vip("lb1"),
@@ -365,6 +405,19 @@ def test_floating_ip_moves_to_the_backup_when_the_master_balancer_dies(
     poll(lambda: namespaces.has_vip("lb1") and not namespaces.has_vip("lb2"),
          "the floating IP returning to lb1", all_logs)  # fmt: skip
     poll(lambda: answered_since(back_at) >= 20, "20 answers after lb1 returned", all_logs)
+
+    # the only web node goes down: both checks fail, and the IP stays on lb1 (90 > 40),
+    # whose balancer answers 503 rather than the floating IP answering nothing
+    down_at = time.time()
+    stop(web, signal.SIGKILL)
+    no_backend = "http 503 503 Service Unavailable: no backend is available"
+    for short, change in (("lb1", "150 to 90"), ("lb2", "100 to 40")):
+        poll(logged(logs[f"ka-{short}"], f"effective priority from {change}"),
+             f"{short}'s web_node_up failing", all_logs)  # fmt: skip
+    both_failed = time.time()
+    poll(lambda: client_tail(logs["client"], both_failed).count(no_backend) >= 10,
+         "10 answers 503 after both checks failed", all_logs)  # fmt: skip
+    assert namespaces.has_vip("lb1") and not namespaces.has_vip("lb2")
     stop_file.touch()
     client.wait(30)
 
@@ -376,7 +429,7 @@ def test_floating_ip_moves_to_the_backup_when_the_master_balancer_dies(
     after_kill = [r for t, r in lines if killed_at <= t < back_at]
     first_ok = after_kill.index("ok web")
     assert all(r == "ok web" for r in after_kill[first_ok:]), after_kill
-    after_return = [r for t, r in lines if t >= back_at]
+    after_return = [r for t, r in lines if back_at <= t < down_at]
     assert after_return.count("ok web") >= 20
     failures = [r for r in after_return if r != "ok web"]
     # the move back is planned (lb1 preempts only once its balancer passes its checks),
