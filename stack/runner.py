@@ -10,23 +10,20 @@ Used by ``make demo`` (stack.demo), ``make loadtest`` (stack.loadtest) and tests
   environment variables only (no change in the application);
 - the balancer: ``session-balancer`` round robin over the nodes, with a stats page.
 
-Every process runs in its own process group (session), so stopping it also stops the
-workers it forked; each child gets SIGTERM if this process dies (PR_SET_PDEATHSIG), and
-:meth:`Stack.stop` runs on any exit path, so Ctrl-C leaves no orphans.
+Every process is a :class:`stack.processes.Process`: its own process group (session), so
+stopping it also stops the workers it forked; each child gets SIGTERM if this process dies
+(PR_SET_PDEATHSIG), and :meth:`Stack.stop` runs on any exit path, so Ctrl-C leaves no
+orphans.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import re
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from stack.processes import Process, ProcessError, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -57,110 +56,17 @@ def _quiet(_: str) -> None:
     pass
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+def _proc(name: str, cmd: list[str], log: Path, env: dict[str, str], cwd: Path = REPO) -> Process:
+    """A stack process: output appended to its log, SIGTERM when the runner dies."""
+    return Process(name, cmd, log, env, cwd, parent_death=True)
 
 
-def free_port(preferred: int = 0, taken: set[int] | None = None) -> int:
-    """``preferred`` when it is free, else a port the kernel picks (never one in ``taken``)."""
-    taken = taken or set()
-    if preferred and preferred not in taken and port_is_free(preferred):
-        return preferred
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in taken:
-            return port
+def _log(proc: Process) -> Path:
+    assert proc.log is not None  # every stack process has one (_proc)
+    return proc.log
 
 
-def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """SIGTERM to the child when its parent dies (Linux), so a killed runner leaves nothing."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Proc:
-    """One child process (and its process group) with its output in a log file."""
-
-    def __init__(
-        self, name: str, cmd: list[str], log: Path, env: dict[str, str], cwd: Path = REPO
-    ) -> None:
-        self.name = name
-        self.cmd = cmd
-        self.log = log
-        self.env = env
-        self.cwd = cwd
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.popen = subprocess.Popen(
-                self.cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.cwd,
-                start_new_session=True,
-                preexec_fn=_child_setup,
-            )
-
-    @property
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen else None
-
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` to the whole process group (SIGSTOP, SIGCONT, ...)."""
-        if self.popen is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, sig)
-
-    def kill(self) -> None:
-        """SIGKILL to the whole group at once, no grace (a crash), and reap it."""
-        popen, self.popen = self.popen, None
-        if popen is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGKILL)
-        popen.wait(10)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM to the whole group, SIGKILL after ``timeout``; waits for the exit."""
-        popen, self.popen = self.popen, None
-        if popen is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGTERM)
-        try:
-            popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(popen.pid, signal.SIGKILL)
-            popen.wait(5)
-        # workers of the group that outlived their parent (php -S forks them)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGKILL)
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-class StackError(RuntimeError):
+class StackError(ProcessError):
     """The stack could not be started (the message names the process and its log)."""
 
 
@@ -170,7 +76,7 @@ class Node:
 
     name: str
     port: int
-    proc: Proc
+    proc: Process
     error_log: Path
 
     @property
@@ -276,7 +182,7 @@ class Stack:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def _service_proc(self, index: int = 0) -> Proc:
+    def _service_proc(self, index: int = 0) -> Process:
         name = "service" if index == 0 else f"service{index + 1}"
         cmd = [
             str(BIN / "session-service"), "serve",
@@ -287,9 +193,9 @@ class Stack:
             "--log-level", "warning",
             *self.config.service_args,
         ]  # fmt: skip
-        return Proc(name, cmd, self.workdir / f"{name}.log", self._base_env())
+        return _proc(name, cmd, self.workdir / f"{name}.log", self._base_env())
 
-    def _node_proc(self, name: str, port: int, error_log: Path, index: int = 0) -> Proc:
+    def _node_proc(self, name: str, port: int, error_log: Path, index: int = 0) -> Process:
         ini = {
             "error_reporting": "-1",
             "display_errors": "0",
@@ -327,9 +233,9 @@ class Stack:
         env.update(self.config.node_env)
         if self.config.node_workers > 1:
             env["PHP_CLI_SERVER_WORKERS"] = str(self.config.node_workers)
-        return Proc(name, cmd, self.workdir / f"{name}.log", env, cwd=EXAMPLES)
+        return _proc(name, cmd, self.workdir / f"{name}.log", env, cwd=EXAMPLES)
 
-    def _balancer_proc(self) -> Proc:
+    def _balancer_proc(self) -> Process:
         cmd = [
             str(BIN / "session-balancer"), "-f",
             "--stats", f"127.0.0.1:{self.stats_port}",
@@ -343,7 +249,7 @@ class Stack:
             f"127.0.0.1:{self.balancer_port}",
             *(f"127.0.0.1:{n.port},name={n.name}" for n in self.nodes),
         ]  # fmt: skip
-        return Proc("balancer", cmd, self.workdir / "balancer.log", self._base_env())
+        return _proc("balancer", cmd, self.workdir / "balancer.log", self._base_env())
 
     def start(self) -> Stack:
         if shutil.which("php") is None:
@@ -353,7 +259,8 @@ class Stack:
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         for proc in self.processes():  # logs are appended to: judge this run's lines only
-            self._seen[proc.log] = proc.log.stat().st_size if proc.log.exists() else 0
+            log = _log(proc)
+            self._seen[log] = log.stat().st_size if log.exists() else 0
         if self.db_url.startswith("sqlite:///"):
             Path(self.db_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -385,8 +292,7 @@ class Stack:
         for node in self.nodes:
             node.proc.stop(timeout=5)
         for service in self.services:
-            service.signal(signal.SIGCONT)  # a frozen instance could not act on SIGTERM
-            service.stop(timeout=10)
+            service.stop(timeout=10)  # SIGCONT follows SIGTERM: a frozen one acts on it
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -394,7 +300,7 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def processes(self) -> list[Proc]:
+    def processes(self) -> list[Process]:
         return [*self.services, *(n.proc for n in self.nodes), self.balancer]
 
     def stop_node(self, name: str) -> None:
@@ -412,20 +318,11 @@ class Stack:
         self._wait_http(service, self.service_urls[index] + "/readyz")
 
     @staticmethod
-    def _wait_http(proc: Proc, url: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not proc.running:
-                raise StackError(
-                    f"{proc.name} exited while starting (log {proc.log}):\n{proc.tail()}"
-                )
-            try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise StackError(f"{proc.name}: {url} not ready after {timeout:.0f} s (log {proc.log})")
+    def _wait_http(proc: Process, url: str, timeout: float = 30.0) -> None:
+        try:
+            proc.wait_http(url, timeout)
+        except ProcessError as exc:
+            raise StackError(str(exc)) from None
 
     # ------------------------------------------------------------------ balancer stats
 
@@ -459,10 +356,10 @@ class Stack:
         for node in self.nodes:
             sources += [
                 (node.name, node.error_log, PHP_PROBLEM),
-                (node.name, node.proc.log, PHP_PROBLEM),
+                (node.name, _log(node.proc), PHP_PROBLEM),
             ]
-        sources += [(service.name, service.log, PY_PROBLEM) for service in self.services]
-        sources += [("balancer", self.balancer.log, PY_PROBLEM)]
+        sources += [(service.name, _log(service), PY_PROBLEM) for service in self.services]
+        sources += [("balancer", _log(self.balancer), PY_PROBLEM)]
         for name, path, pattern in sources:
             try:
                 with path.open("rb") as f:
