@@ -10,13 +10,12 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pymysql
 
-from tests.support import free_port
+from stack.processes import Process, free_port
 
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
@@ -28,7 +27,7 @@ class MariaDBInstance:
     port: int = field(default_factory=free_port)
     server_id: int = 1
     extra_args: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
 
     @property
     def datadir(self) -> Path:
@@ -53,27 +52,24 @@ class MariaDBInstance:
         return self
 
     def start(self, timeout: float = 30) -> MariaDBInstance:
-        log = open(self.base / "mariadbd.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                MARIADBD, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
-                f"--socket={self.socket}", "--bind-address=127.0.0.1", "--user=root",
-                f"--pid-file={self.base / 'mysqld.pid'}", f"--server-id={self.server_id}",
-                "--skip-name-resolve", "--innodb-buffer-pool-size=32M",
-                "--innodb-log-file-size=16M", *self.extra_args,
-            ],
-            stdout=log, stderr=log,
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mariadbd exited; see {self.base / 'mariadbd.log'}")
-            try:
-                self.connect().close()
-                return self
-            except pymysql.MySQLError:
-                time.sleep(0.1)
-        raise RuntimeError(f"mariadbd on port {self.port} did not start in {timeout} s")
+        cmd = [
+            MARIADBD, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
+            f"--socket={self.socket}", "--bind-address=127.0.0.1", "--user=root",
+            f"--pid-file={self.base / 'mysqld.pid'}", f"--server-id={self.server_id}",
+            "--skip-name-resolve", "--innodb-buffer-pool-size=32M",
+            "--innodb-log-file-size=16M", *self.extra_args,
+        ]  # fmt: skip
+        self.proc = Process(f"mariadbd on port {self.port}", cmd, self.base / "mariadbd.log")
+        self.proc.start()
+        self.proc.wait_for(self.accepts, "connection accepted", timeout)
+        return self
+
+    def accepts(self) -> bool:
+        try:
+            self.connect().close()
+        except pymysql.MySQLError:
+            return False
+        return True
 
     def connect(self, database: str | None = None) -> pymysql.Connection:  # type: ignore[type-arg]
         return pymysql.connect(
@@ -82,15 +78,8 @@ class MariaDBInstance:
         )  # fmt: skip
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            self.proc.stop(timeout, sig)
         self.proc = None
 
     def destroy(self) -> None:

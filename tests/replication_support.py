@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pymysql
 
+from stack.processes import free_ports
 from tests.mariadb_instance import MariaDBInstance
 from tests.support import wait_until
 
@@ -62,7 +62,7 @@ class Replication:
     replica: MariaDBInstance = field(init=False)
 
     def __post_init__(self) -> None:
-        ports = distinct_free_ports(2)
+        ports = free_ports(2)
         self.primary = MariaDBInstance(
             self.base / "primary",
             port=ports[0],
@@ -140,21 +140,6 @@ class Replication:
         self.primary.destroy()
 
 
-def distinct_free_ports(count: int) -> list[int]:
-    """Ports free right now and distinct from each other: all sockets are held open
-    together, because the kernel may hand out a port again once it is released."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 @dataclass
 class GaleraCluster:
     """Three Galera nodes on loopback: node 1 bootstraps, nodes 2 and 3 join by rsync SST."""
@@ -167,7 +152,7 @@ class GaleraCluster:
     def __post_init__(self) -> None:
         if not GALERA_PROVIDER.exists() or shutil.which("rsync") is None:
             raise RuntimeError(f"Galera needs galera-4 and rsync: run `{GALERA_INSTALL}`")
-        ports = distinct_free_ports(4 * self.size)
+        ports = free_ports(4 * self.size)
         self.gcomm_ports = ports[: self.size]
         cluster = ",".join(f"127.0.0.1:{p}" for p in self.gcomm_ports)
         for index in range(self.size):

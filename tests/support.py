@@ -1,32 +1,29 @@
-"""Shared helpers for tests: free ports, real service processes, MariaDB databases."""
+"""Shared helpers for tests: real service processes, MariaDB databases.
+
+Ports, waiting and process control come from stack.processes (the one harness for the
+tests, the stack, the benchmarks and the chaos runs), re-exported here for the tests."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pymysql
+
+from stack.processes import Process, free_port, url_answers, wait_until
+
+__all__ = ["free_port", "wait_until"]
 
 ROOT = Path(__file__).resolve().parent.parent
 MARIADB_HOST = os.environ.get("SESSION_TEST_MARIADB_HOST", "127.0.0.1")
 MARIADB_PORT = int(os.environ.get("SESSION_TEST_MARIADB_PORT", "3306"))
 MARIADB_USER = os.environ.get("SESSION_TEST_MARIADB_USER", "root")
 MARIADB_PASSWORD = os.environ.get("SESSION_TEST_MARIADB_PASSWORD", "")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def mariadb_connect(database: str | None = None) -> pymysql.Connection:  # type: ignore[type-arg]
@@ -58,15 +55,6 @@ def drop_database(name: str) -> None:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
-def wait_until(predicate: object, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(interval)
-    return False
-
-
 @dataclass
 class ServiceProcess:
     """A real `session-service serve` process on a loopback port."""
@@ -78,7 +66,7 @@ class ServiceProcess:
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     tls: bool = False
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
 
     @property
     def url(self) -> str:
@@ -90,32 +78,27 @@ class ServiceProcess:
             "--db", self.db_url, "--port", str(self.port), "--tokens", self.tokens,
             *self.extra_args,
         ]  # fmt: skip
-        env = {**os.environ, **self.env}
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env, cwd=ROOT)
-        if wait_ready and not wait_until(self.ready, 20):
-            self.stop()
-            raise RuntimeError(f"service on port {self.port} did not become ready")
+        log = self.log_path or Path(os.devnull)
+        self.proc = Process(
+            f"service on port {self.port}", args, log, {**os.environ, **self.env}, ROOT
+        )
+        self.proc.start()
+        if wait_ready:
+            try:
+                self.proc.wait_for(self.ready, f"200 from {self.url}/readyz", 20)
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
+        if self.proc is not None and self.proc.returncode is not None:
             raise RuntimeError(f"service exited with {self.proc.returncode}")
-        try:
-            return httpx.get(self.url + "/readyz", timeout=1, verify=False).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return url_answers(self.url + "/readyz", timeout=1)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            self.proc.stop(10, sig)
         self.proc = None
 
 

@@ -7,14 +7,13 @@ on how long something took.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
 import signal
 import socket
-import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,20 +21,11 @@ from typing import Any
 
 import pytest
 
+from stack.processes import Process, wait_port
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND_SCRIPT = Path(__file__).with_name("backend_server.py")
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    for _ in range(200):
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.025)
-    raise RuntimeError(f"port {port} never opened")
 
 
 class BackendProcess:
@@ -44,7 +34,7 @@ class BackendProcess:
     def __init__(self, name: str, sick_dir: Path | None = None) -> None:
         self.name = name
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Process | None = None
         self.sick_dir = sick_dir
 
     @property
@@ -55,21 +45,17 @@ class BackendProcess:
         env = dict(os.environ)
         if self.sick_dir is not None:
             env["SICK_DIR"] = str(self.sick_dir)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(BACKEND_SCRIPT), str(self.port), self.name],
-            stdout=subprocess.DEVNULL,
-            env=env,
-        )
+        cmd = [sys.executable, str(BACKEND_SCRIPT), str(self.port), self.name]
+        self.proc = Process(self.name, cmd, Path(os.devnull), env).start()
         if wait:
             self.wait()
 
     def wait(self) -> None:
-        wait_for_port(self.port, self.proc)
+        wait_port(self.port, process=self.proc)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None:
             self.proc.kill()
-            self.proc.wait(10)
         self.proc = None
 
     def set_sick(self, sick: bool) -> None:
@@ -99,16 +85,15 @@ class Balancer:
         self.port = port
         self.stats_port = stats_port
         self.args = args
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "balancer", *args],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        handle, log = tempfile.mkstemp(prefix="balancer-", suffix=".log")
+        os.close(handle)
+        self.log = Path(log)
+        cmd = [sys.executable, "-m", "balancer", *args]
+        self.proc = Process("balancer", cmd, self.log, cwd=ROOT).start()
         try:
-            wait_for_port(port, self.proc)
+            self.proc.wait_port(port)
             if stats_port:
-                wait_for_port(stats_port, self.proc)
+                self.proc.wait_port(stats_port)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}: {self.stop()}") from None
 
@@ -142,15 +127,14 @@ class Balancer:
         raise AssertionError(f"{name} never became {state}: {self.backend_states()}")
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read().decode(errors="replace")
+        """Stop it; its output since the last stop (stdout and stderr)."""
+        self.proc.stop(15)
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        finally:
+            self.log.unlink(missing_ok=True)
 
 
 @pytest.fixture

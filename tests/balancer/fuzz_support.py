@@ -18,15 +18,15 @@ import asyncio
 import contextlib
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from tests.balancer.conftest import ROOT, free_port, wait_for_port
+from stack.processes import Process
+from tests.balancer.conftest import ROOT, free_port
 
 RECORDER_RESPONSE = b"HTTP/1.1 200 OK\r\nX-Recorder: yes\r\nContent-Length: 0\r\n\r\n"
 
@@ -273,8 +273,9 @@ class BalancerProcess:
         self.port = free_port()
         self.stats_port = free_port()
         self.log_path = log_path
-        self.log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
+        log_path.write_bytes(b"")
+        self.proc = Process(
+            "balancer",
             [
                 sys.executable,
                 "-m",
@@ -285,15 +286,15 @@ class BalancerProcess:
                 str(self.port),
                 *backends,
             ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log,
-        )
-        wait_for_port(self.port, self.proc)
-        wait_for_port(self.stats_port, self.proc)
+            log_path,
+            None,
+            ROOT,
+        ).start()
+        self.proc.wait_port(self.port)
+        self.proc.wait_port(self.stats_port)
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc.running
 
     def rss_kib(self) -> int:
         with open(f"/proc/{self.proc.pid}/status") as status:
@@ -315,14 +316,7 @@ class BalancerProcess:
             conn.close()
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
+        self.proc.stop(15)
         return self.log_path.read_text(errors="replace")[-4000:]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from stack.processes import wait_port
 from tests.balancer.conftest import (
     ROOT,
     BackendProcess,
@@ -20,7 +21,6 @@ from tests.balancer.conftest import (
     StartBalancer,
     free_port,
     get,
-    wait_for_port,
 )
 
 SCRIPT = Path(sys.executable).with_name("session-balancer")
@@ -184,7 +184,7 @@ def test_without_f_it_detaches_and_writes_a_pidfile(
     pidfile = tmp_path / "balancer.pid"
     result = run_cli("--pidfile", str(pidfile), str(port), backends[0].address)
     assert result.returncode == 0
-    wait_for_port(port)
+    wait_port(port)
     for _ in range(100):
         if pidfile.exists() and pidfile.read_text().strip():
             break

@@ -21,9 +21,6 @@ import concurrent.futures
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stack.processes import Process
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,30 +43,6 @@ PHP = shutil.which("php")
 pytestmark = [pytest.mark.php, pytest.mark.mariadb]
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout}s:\n{log.read_text()}")
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 class ServiceProcess:
     """One ``session-service serve`` process."""
 
@@ -77,23 +51,20 @@ class ServiceProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"service-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Process | None = None
 
     def start(self) -> ServiceProcess:
         cmd = [
             str(SERVICE_BIN), "serve", "--db", self.db_url, "--host", "127.0.0.1",
             "--port", str(self.port), "--tokens", f"default:{TOKEN}",
         ]  # fmt: skip
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
-            )
-        wait_http(self.url + "/readyz", self.proc, self.log)
+        self.proc = Process("session-service", cmd, self.log, cwd=REPO).start()
+        self.proc.wait_http(self.url + "/readyz")
         return self
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_process(self.proc)
+            self.proc.stop()
             self.proc = None
 
     def exists(self, sid: str) -> bool:
@@ -152,27 +123,12 @@ class PhpNode:
         full_env.update(env)
         if workers > 1:
             full_env["PHP_CLI_SERVER_WORKERS"] = str(workers)
-        with self.stderr_log.open("wb") as err:
-            self.proc = subprocess.Popen(
-                cmd, stdout=err, stderr=subprocess.STDOUT, env=full_env, cwd=APP_DIR,
-                start_new_session=True,
-            )  # fmt: skip
-        self._wait_listening()
+        self.stderr_log.write_bytes(b"")
+        self.proc = Process("php -S", cmd, self.stderr_log, full_env, APP_DIR).start()
+        self.proc.wait_port(self.port, 15)
         self._offset = 0
         self._err_offset = 0
         self.pending: list[str] = []
-
-    def _wait_listening(self) -> None:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"php -S exited:\n{self.stderr_log.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("php -S not listening")
 
     def collect(self) -> list[str]:
         """New lines of the node's error log (a PHP message may span lines), plus any
@@ -212,7 +168,7 @@ class PhpNode:
         return left
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        self.proc.stop()
 
 
 class Browser:
