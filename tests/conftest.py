@@ -20,6 +20,7 @@ from tests.support import (
     ISSUED_IDS,
     MARIADB_HOST,
     MARIADB_PORT,
+    FakeClock,
     ServiceProcess,
     create_database,
     drop_database,
@@ -56,19 +57,6 @@ def no_raw_session_id_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> It
                 found.append(f"{path}: a test's session id")
                 break
     assert not found, "raw session ids in logs:\n" + "\n".join(found[:20])
-
-
-class FakeClock:
-    """A clock the test moves by hand, so expiry is tested without sleeping."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Shared helpers for tests: real service processes, MariaDB databases.
+"""Shared helpers for tests: real service processes, MariaDB databases, a fake clock.
 
 Ports, waiting and process control come from stack.processes (the one harness for the
 tests, the stack, the benchmarks and the chaos runs), re-exported here for the tests."""
@@ -53,6 +53,19 @@ def create_database() -> str:
 def drop_database(name: str) -> None:
     with mariadb_connect() as conn, conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+class FakeClock:
+    """A clock the test moves by hand, so expiry is tested without sleeping."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @dataclass

@@ -21,8 +21,7 @@ from session_service.hexliteral import HEX_LIMIT
 from session_service.ids import hash_session_id
 from session_service.schema import sessions
 from session_service.store import SessionStore
-from tests.conftest import FakeClock
-from tests.support import session_id
+from tests.support import FakeClock, session_id
 
 NS = "default"
 
