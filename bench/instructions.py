@@ -28,11 +28,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pymysql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +42,7 @@ from store import http_cycle  # noqa: E402
 from session_service.schema import migrate  # noqa: E402
 from session_service.settings import Settings  # noqa: E402
 from session_service.store import SessionStore  # noqa: E402
+from stack.processes import Process, ProcessError, free_port  # noqa: E402
 
 CLIENTS = 16
 
@@ -71,25 +70,19 @@ def _drive(port: int, token: str, cycles: int, reconnect: bool = False) -> None:
 def count(url: str, extra: list[str], cycles: int, workdir: Path, reconnect: bool) -> float:
     """Instructions per cycle of one service process under callgrind."""
     token = secrets.token_urlsafe(16)
-    port = 19000 + os.getpid() % 1000
+    port = free_port(19000 + os.getpid() % 1000)
     out = workdir / f"callgrind.{uuid.uuid4().hex[:6]}"
     args = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
         sys.executable, "-m", "session_service", "serve", "--db", url, "--port", str(port),
         "--tokens", f"bench:{token}", "--log-level", "warning", "--gc-interval", "0", *extra,
     ]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = Process("session-service under valgrind", args, Path(os.devnull), cwd=ROOT).start()
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the service did not start under valgrind")
-            time.sleep(0.5)
+        try:
+            proc.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=300)
+        except ProcessError as exc:
+            raise SystemExit(f"the service did not start under valgrind: {exc}") from None
         _drive(port, token, 10)  # warm: sessions exist, statements prepared, code paths hot
         subprocess.run(
             ["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True
@@ -100,8 +93,7 @@ def count(url: str, extra: list[str], cycles: int, workdir: Path, reconnect: boo
         )
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     finally:
-        proc.terminate()
-        proc.wait(120)
+        proc.stop(120)  # callgrind writes its dump on SIGTERM
     total = 0
     for dump in workdir.glob(out.name + "*"):
         for line in dump.read_text().splitlines():

@@ -22,7 +22,6 @@ import asyncio
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from session_service.schema import migrate  # noqa: E402
 from session_service.settings import Settings  # noqa: E402
 from session_service.store import SessionStore  # noqa: E402
+from stack.processes import Process, ProcessError, free_port  # noqa: E402
 
 PAYLOAD = secrets.token_bytes(190)
 
@@ -368,27 +368,20 @@ def run_http(port: int, token: str, concurrency: int, duration: float) -> Result
         return asyncio.run(main())
 
 
-def start_service(
-    url: str, port: int, token: str, workers: int, pre_ping: bool
-) -> subprocess.Popen[bytes]:
+def start_service(url: str, port: int, token: str, workers: int, pre_ping: bool) -> Process:
     args = [
         sys.executable, "-m", "session_service", "serve", "--db", url, "--port", str(port),
         "--tokens", f"bench:{token}", "--workers", str(workers), "--log-level", "warning",
         "--gc-interval", "0",
         "--db-pre-ping" if pre_ping else "--no-db-pre-ping",
     ]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT)
-    import httpx
-
-    for _ in range(200):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("service did not start")
+    proc = Process("session-service", args, cwd=ROOT).start()
+    try:
+        proc.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=20)
+    except ProcessError as exc:
+        proc.kill()
+        raise SystemExit(f"service did not start: {exc}") from None
+    return proc
 
 
 def main() -> None:
@@ -432,7 +425,7 @@ def main() -> None:
             "sess_time INTEGER UNSIGNED NOT NULL, INDEX (sess_time)) ENGINE=InnoDB"
         )
     token = secrets.token_urlsafe(16)
-    port = 17000 + os.getpid() % 1000
+    port = free_port(17000 + os.getpid() % 1000)
     service = (
         start_service(url, port, token, args.service_workers, not args.no_pre_ping)
         if "a" in args.only
@@ -473,8 +466,7 @@ def main() -> None:
             report(level, rounds, ratios_at_16 if level == 16 else [])
     finally:
         if service is not None:
-            service.terminate()
-            service.wait(10)
+            service.stop(10)
         store.close()
         admin.cursor().execute(f"DROP DATABASE {database}")
     summary = f"{statistics.median(ratios_at_16):.2f}" if ratios_at_16 else "n/a"

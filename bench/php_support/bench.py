@@ -29,14 +29,11 @@ import os
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -44,6 +41,8 @@ from typing import Any
 import httpx
 import pymysql
 from cpu import pids_named, processes, tree_seconds
+
+from stack.processes import Process, ProcessError, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 WWW = ROOT / "bench" / "php_support" / "www"
@@ -68,41 +67,25 @@ CONTENTION = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{what} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    sys.exit(f"{what} not ready at {url}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def started(
+    name: str, cmd: list[str], log: Path, env: dict[str, str], url: str, cwd: Path | None = None
+) -> Process:
+    """Start ``cmd`` in its own process group; exit with its log's tail if ``url`` never
+    answers 200."""
+    proc = Process(name, cmd, log, env, cwd).start()
+    try:
+        proc.wait_http(url)
+    except ProcessError as exc:
+        proc.stop()
+        sys.exit(str(exc))
+    return proc
 
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="php-sessions-bench-"))
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[Process] = []
         self.dbs: list[str] = []
         self.client = httpx.Client(timeout=30)
         # one client per helper thread (a new httpx client per call costs more CPU than
@@ -141,11 +124,8 @@ class Bench:
             "--workers", str(a.service_workers),
         ]  # fmt: skip
         env = {**os.environ, "SESSION_SERVICE_LOG_LEVEL": "warning"}
-        with (self.tmp / "service.log").open("wb") as log:
-            self.procs.append(subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            ))  # fmt: skip
-        wait_ready(self.service_url + "/readyz", self.procs[-1], "session-service")
+        ready = self.service_url + "/readyz"
+        self.procs.append(started("session-service", cmd, self.tmp / "service.log", env, ready))
 
         self.php_port = free_port()
         self.php_url = f"http://127.0.0.1:{self.php_port}"
@@ -174,19 +154,16 @@ class Bench:
             "BENCH_FILES_DIR": str(self.files_dir),
             "BENCH_PDO_DSN": f"mysql:host={a.db_host};port={a.db_port};dbname={pdo_db}",
         }
-        with (self.tmp / "php-stderr.log").open("wb") as log:
-            self.procs.append(subprocess.Popen(
-                php_cmd, stdout=log, stderr=subprocess.STDOUT, env=php_env, cwd=WWW,
-                start_new_session=True,
-            ))  # fmt: skip
-        wait_ready(self.php_url + "/files.php?op=init", self.procs[-1], "php -S")
+        php_log = self.tmp / "php-stderr.log"
+        ready = self.php_url + "/files.php?op=init"
+        self.procs.append(started("php -S", php_cmd, php_log, php_env, ready, WWW))
         r = self.client.get(self.php_url + "/pdo.php?op=create_table")
         if r.text != "created":
             sys.exit(f"PdoSessionHandler::createTable() failed: {r.status_code} {r.text[:500]}")
 
     def close(self) -> None:
         for proc in reversed(self.procs):
-            stop(proc)
+            proc.stop()
         if self.dbs:
             conn = self.db()
             with conn.cursor() as cur:
