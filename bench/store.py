@@ -140,7 +140,7 @@ def store_cycle(store: SessionStore) -> Callable[[int], Callable[[], None]]:
 # -- (c) raw PyMySQL, the store's statements ---------------------------------------------
 
 
-def connect(database: str, autocommit: bool) -> pymysql.Connection:  # type: ignore[type-arg]
+def connect(database: str, autocommit: bool) -> pymysql.Connection:
     return pymysql.connect(host="127.0.0.1", user="root", database=database, autocommit=autocommit)
 
 
@@ -229,7 +229,7 @@ def classic_cycle(database: str) -> Callable[[int], Callable[[], None]]:
     return make
 
 
-def classic_transaction(conn: pymysql.Connection, sid: str, now: int) -> None:  # type: ignore[type-arg]
+def classic_transaction(conn: pymysql.Connection, sid: str, now: int) -> None:
     """What a PDO handler with transactional locking does per request."""
     with conn.cursor() as cur:
         cur.execute("BEGIN")

@@ -224,7 +224,7 @@ class Bench:
         m = re.search(r"^RESULT (.*)$", out, re.M)
         if not m:
             raise RuntimeError(f"wrk output without RESULT:\n{out}")
-        res = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+        res: dict[str, float] = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
         res["rps"] = res["ok"] / (res["duration_us"] / 1e6)
         return res
 
