@@ -71,7 +71,7 @@ class MariaDBInstance:
             return False
         return True
 
-    def connect(self, database: str | None = None) -> pymysql.Connection:  # type: ignore[type-arg]
+    def connect(self, database: str | None = None) -> pymysql.Connection:
         return pymysql.connect(
             host="127.0.0.1", port=self.port, user="root", database=database,
             autocommit=True, connect_timeout=2,

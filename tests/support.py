@@ -26,7 +26,7 @@ MARIADB_USER = os.environ.get("SESSION_TEST_MARIADB_USER", "root")
 MARIADB_PASSWORD = os.environ.get("SESSION_TEST_MARIADB_PASSWORD", "")
 
 
-def mariadb_connect(database: str | None = None) -> pymysql.Connection:  # type: ignore[type-arg]
+def mariadb_connect(database: str | None = None) -> pymysql.Connection:
     return pymysql.connect(
         host=MARIADB_HOST,
         port=MARIADB_PORT,

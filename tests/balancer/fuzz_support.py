@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stack.processes import Process
-from tests.balancer.conftest import ROOT, free_port
+from stack.processes import Process, free_port
+from tests.balancer.conftest import ROOT
 
 RECORDER_RESPONSE = b"HTTP/1.1 200 OK\r\nX-Recorder: yes\r\nContent-Length: 0\r\n\r\n"
 
