@@ -18,20 +18,27 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stack.runner import PHP_PROBLEM, REPO, Stack, StackConfig, free_port
+from stack.processes import Process, ProcessError, free_port
+from stack.runner import PHP_PROBLEM, REPO, Stack, StackConfig
 
 WEB = REPO / "docker" / "web"
+
+
+def _answers(client: httpx.Client, fpm: Process) -> bool:
+    if not fpm.running:
+        raise ProcessError(fpm.describe(f"exited with {fpm.returncode}"))
+    try:
+        return client.get("/health.php").text == "ok\n"
+    except httpx.HTTPError:
+        return False
 
 
 def main() -> int:
@@ -69,25 +76,13 @@ def main() -> int:
             SESSION_SERVICE_URL=stack.service_url,
             SESSION_SERVICE_TOKEN=stack.config.token,
         )
-        fpm = subprocess.Popen(
-            ["php-fpm8.2", "--nodaemonize", "-y", str(tmp / "php-fpm.conf")],
-            env=env,
-            start_new_session=True,
-        )
-        web = subprocess.Popen(
-            ["nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"], start_new_session=True
-        )
+        fpm_cmd = ["php-fpm8.2", "--nodaemonize", "-y", str(tmp / "php-fpm.conf")]
+        fpm = Process("php-fpm8.2", fpm_cmd, None, env).start()
+        nginx_cmd = ["nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"]
+        web = Process("nginx", nginx_cmd).start()
         try:
             client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    if client.get("/health.php").text == "ok\n":
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "nginx + FPM did not answer"
-                time.sleep(0.2)
+            web.wait_for(lambda: _answers(client, fpm), "answer from nginx + FPM", 15)
             login = client.post("/shop/login.php?format=json", data={"user": "dora"})
             assert login.headers["x-served-by"] == "fpm-node", login.headers
             cart = client.post("/shop/cart.php?format=json", data={"item": "pear"}).json()
@@ -101,8 +96,7 @@ def main() -> int:
             assert not stack.php_problems()
         finally:
             for proc in (web, fpm):
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(10)
+                proc.stop()
     logs = [tmp / "fpm.log", tmp / "nginx-error.log"]
     problems = [
         line
