@@ -181,8 +181,8 @@ class Process:
     ``log``: stdout and stderr are appended to it; ``None`` leaves them on this process's
     own (a terminal, pytest's capture); ``Path(os.devnull)`` drops them. ``env``: the whole
     environment (``None``: this process's). ``parent_death``: the child gets SIGTERM when
-    the starting *thread* ends (PR_SET_PDEATHSIG), so a killed runner leaves nothing; only
-    for processes started from a long-lived thread.
+    the *thread* that started it ends (PR_SET_PDEATHSIG), so a killed runner leaves nothing;
+    off by default, as a process started from a short-lived worker thread would go with it.
 
     ``start()`` may be called again once it stopped. As a context manager it is started (if
     it was not) on entry and stopped on exit.
@@ -204,7 +204,9 @@ class Process:
         self.cwd = cwd
         self.parent_death = parent_death
         self.popen: subprocess.Popen[bytes] | None = None
-        self._group = False  # a group of ours may still have members: killpg is ours to send
+        # True from start() until the group is known empty: only then may the id be reused
+        # by an unrelated group, and killpg must not be sent any more
+        self._group = False
 
     def start(self) -> Process:
         if self.running:
@@ -270,15 +272,15 @@ class Process:
         self._group = False  # every member killed, the leader reaped: the id may be reused
 
     def stop(self, timeout: float = 10.0, sig: int = SIGTERM) -> int | None:
-        """``sig`` (then SIGCONT) to the leader, SIGKILL to the group after ``timeout`` s or
-        once the leader exited; waits for the leader. Returns its exit code (idempotent)."""
+        """``sig`` to the leader (and SIGCONT to the group), SIGKILL to the group after
+        ``timeout`` s or once the leader exited; waits for the leader. Returns its exit code
+        (idempotent)."""
         popen = self.popen
         if popen is None or not self._group:
             return self.returncode
         if popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                popen.send_signal(sig)
-                popen.send_signal(SIGCONT)
+            popen.send_signal(sig)
+            self.signal(SIGCONT)  # a frozen group could not act on it
             try:
                 popen.wait(timeout)
             except subprocess.TimeoutExpired:
