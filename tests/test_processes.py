@@ -120,3 +120,39 @@ def test_free_ports_are_distinct_and_bindable() -> None:
         assert free_port(busy) != busy
         assert free_port(0, {busy}) != busy
     assert free_port(ports[0]) == ports[0]
+
+
+#: A leader that forks a worker which notes a SIGTERM it receives; the leader does not
+#: pass SIGTERM on (a supervisor that would, stops its workers in its own order).
+SUPERVISOR = """
+import os, signal, sys, time
+mark = sys.argv[1]
+if os.fork() == 0:
+    signal.signal(signal.SIGTERM, lambda *_: open(mark, "w").write("worker got SIGTERM"))
+    print("worker ready", flush=True)
+    while True:
+        time.sleep(1)
+time.sleep(60)
+"""
+
+
+def test_sigterm_goes_to_the_leader_alone_and_sigkill_to_the_group(tmp_path: Path) -> None:
+    mark = tmp_path / "mark"
+    cmd = [sys.executable, "-c", SUPERVISOR, str(mark)]
+    process = Process("supervisor", cmd, tmp_path / "supervisor.log").start()
+    process.wait_for(lambda: "worker ready" in process.tail(), "the worker's first line")
+    worker = next(
+        int(pid)
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and int(pid) != process.pid and _pgid(int(pid)) == process.pid
+    )
+    assert process.stop(timeout=30) == -signal.SIGTERM
+    assert wait_until(lambda: not alive(worker), 10), "the worker outlived the stop"
+    assert not mark.exists(), "the worker was sent SIGTERM behind its supervisor's back"
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return -1
