@@ -17,7 +17,7 @@ import pymysql
 
 from stack.processes import Process, free_port, url_answers, wait_until
 
-__all__ = ["free_port", "wait_until"]
+__all__ = ["free_port", "wait_until"]  # re-exported: the tests import them from here
 
 ROOT = Path(__file__).resolve().parent.parent
 MARIADB_HOST = os.environ.get("SESSION_TEST_MARIADB_HOST", "127.0.0.1")
