@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from stack.processes import Process
 from tests.support import ROOT, free_port, wait_until
 
 DEPLOY = ROOT / "deploy"
@@ -156,29 +157,16 @@ class Processes:
     """Processes this test started, stopped (by their own pid) at the end."""
 
     def __init__(self) -> None:
-        self.started: list[subprocess.Popen[bytes]] = []
+        self.started: list[Process] = []
 
-    def start(
-        self, args: list[str], log: Path, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    def start(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> Process:
+        proc = Process(log.stem, args, log, env, ROOT).start()
         self.started.append(proc)
         return proc
 
     def stop_all(self) -> None:
         for proc in reversed(self.started):
-            stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            proc.stop(15)
 
 
 @pytest.fixture
@@ -234,7 +222,7 @@ def test_health_script_follows_the_balancer(tmp_path: Path, processes: Processes
     passed = check_until(url, passing=True)
     assert (passed.stdout, passed.stderr) == ("", "")
     # the backend stops: the balancer is alive but has nothing healthy to send requests to
-    stop(backend, signal.SIGKILL)
+    backend.stop(15, signal.SIGKILL)
     failed = check_until(url, passing=False)
     assert failed.returncode == 1
     assert failed.stderr == "check_balancer.py: no backend is UP (web DOWN)\n"
@@ -244,7 +232,7 @@ def test_health_script_follows_the_balancer(tmp_path: Path, processes: Processes
     processes.start(backend_args, tmp_path / "backend.log")
     check_until(url, passing=True)
     # the balancer dies
-    stop(balancer, signal.SIGKILL)
+    balancer.stop(15, signal.SIGKILL)
     for args in ([url], ["--alive", url]):
         failed = subprocess.run([str(CHECK), *args], capture_output=True, text=True)
         assert failed.returncode == 1
@@ -391,7 +379,7 @@ def test_floating_ip_moves_to_the_backup_when_the_master_balancer_dies(
 
     # lb1's balancer dies: balancer_alive fails, lb1 goes to FAULT, lb2 takes the IP
     killed_at = time.time()
-    stop(balancers["lb1"], signal.SIGKILL)
+    balancers["lb1"].stop(15, signal.SIGKILL)
     poll(lambda: namespaces.has_vip("lb2") and not namespaces.has_vip("lb1"),
          "the floating IP moving to lb2", all_logs)  # fmt: skip
     poll(lambda: answered_since(killed_at) >= 20, "20 answers through lb2", all_logs)
@@ -409,7 +397,7 @@ def test_floating_ip_moves_to_the_backup_when_the_master_balancer_dies(
     # the only web node goes down: both checks fail, and the IP stays on lb1 (90 > 40),
     # whose balancer answers 503 rather than the floating IP answering nothing
     down_at = time.time()
-    stop(web, signal.SIGKILL)
+    web.stop(15, signal.SIGKILL)
     no_backend = "http 503 503 Service Unavailable: no backend is available"
     for short, change in (("lb1", "150 to 90"), ("lb2", "100 to 40")):
         poll(logged(logs[f"ka-{short}"], f"effective priority from {change}"),

@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -33,6 +32,7 @@ import yaml
 
 from balancer.cli import build_parser, settings_from_args
 from session_service.settings import Settings, parse_tokens
+from stack.processes import Process
 from stack.runner import REPO
 from tests.support import (
     MARIADB_HOST,
@@ -443,16 +443,10 @@ def test_health_checks_pass_against_the_real_processes(
     assert subprocess.run(check, capture_output=True, timeout=60).returncode != 0
     # a PHP node serving examples/ (php -S here, nginx + FPM in the image)
     port = free_port()
-    php = subprocess.Popen(
-        ["php", "-S", f"127.0.0.1:{port}", "-t", str(REPO / "examples")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
+    php_cmd = ["php", "-S", f"127.0.0.1:{port}", "-t", str(REPO / "examples")]
+    with Process("php -S", php_cmd, Path(os.devnull)):
         check = health_check(found["web1"], lambda s: s.replace("127.0.0.1/", f"127.0.0.1:{port}/"))
         assert wait_until(lambda: subprocess.run(check, timeout=60).returncode == 0, 30, 0.2)
-    finally:
-        php.send_signal(signal.SIGTERM)
-        php.wait(10)
     assert subprocess.run(check, capture_output=True, timeout=60).returncode != 0
     # the balancer's is deploy/check_balancer.py (tested in tests/deploy/), where the image
     # copies it, on the stats port compose gives the balancer
