@@ -23,6 +23,11 @@ class LockTimeout(StoreError):
         self.retry_after_ms = retry_after_ms
 
 
+class SessionLocked(LockTimeout):
+    """A compare-and-set write (if_version without lock) found the session's lease held by
+    another request: writing then would let the holder's fenced write overwrite it."""
+
+
 class LockLost(StoreError):
     """The fencing token is no longer the session's lock (lease taken over or destroyed)."""
 

@@ -35,6 +35,12 @@ NOW: Any = bindparam("now")
 PK: ColumnElement[bool] = and_(t.c.namespace == bindparam("ns"), t.c.id_hash == bindparam("h"))
 LIVE: ColumnElement[bool] = and_(t.c.expires_at > NOW, t.c.version > 0)
 LEASE_FREE: ColumnElement[bool] = or_(t.c.lock_token.is_(None), t.c.lock_expires <= NOW)
+#: the stored version is the one a compare-and-set expects, and live
+SEEN_LIVE: ColumnElement[bool] = and_(
+    t.c.version == bindparam("seen_version"), t.c.expires_at > NOW
+)
+#: the session does not exist for a compare-and-set expecting version 0
+NOT_LIVE: ColumnElement[bool] = or_(t.c.version == 0, t.c.expires_at <= NOW)
 DEAD: ColumnElement[bool] = and_(
     t.c.expires_at <= NOW, or_(t.c.lock_expires.is_(None), t.c.lock_expires <= NOW)
 )
@@ -79,8 +85,11 @@ class Statements:
     lock_take: Any
     lock_upsert: Any
     write_fenced: Any
+    write_fenced_cas: Any
+    write_fenced_absent: Any
     write_cas: Any
     write_cas_absent: Any
+    lease_of: Any
     insert_new: Any
     upsert: Any
     written_by: Any
@@ -185,12 +194,24 @@ def build(dialect_name: str) -> Statements:
         write_fenced=_bump_version(
             and_(PK, t.c.lock_token == bindparam("held")), {**_WRITE_VALUES, **unlock}, mysql
         ),
-        write_cas=update(t)
-        .where(PK, t.c.version == bindparam("seen_version"), t.c.expires_at > NOW)
-        .values(version=bindparam("new_version"), **_WRITE_VALUES),
-        write_cas_absent=_bump_version(
-            and_(PK, or_(t.c.version == 0, t.c.expires_at <= NOW)), _WRITE_VALUES, mysql
+        # lock + if_version: both must hold; the lock is released by the write
+        write_fenced_cas=update(t)
+        .where(PK, t.c.lock_token == bindparam("held"), SEEN_LIVE)
+        .values(version=bindparam("new_version"), **_WRITE_VALUES, **unlock),
+        write_fenced_absent=_bump_version(
+            and_(PK, t.c.lock_token == bindparam("held"), NOT_LIVE),
+            {**_WRITE_VALUES, **unlock},
+            mysql,
         ),
+        # if_version alone: only while no one holds the lease (the holder's fenced write
+        # would overwrite it), and clearing an expired holder's token for the same reason
+        write_cas=update(t)
+        .where(PK, SEEN_LIVE, LEASE_FREE)
+        .values(version=bindparam("new_version"), **_WRITE_VALUES, **unlock),
+        write_cas_absent=_bump_version(
+            and_(PK, NOT_LIVE, LEASE_FREE), {**_WRITE_VALUES, **unlock}, mysql
+        ),
+        lease_of=select(t.c.lock_token, t.c.lock_expires).where(PK),
         insert_new=t.insert().values(**NEW_ROW),
         upsert=upsert,
         written_by=select(t.c.version, t.c.expires_at, t.c.write_id).where(PK),

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import Connection, Engine, or_, text, update
 from sqlalchemy import exc as sa_exc
@@ -25,6 +25,7 @@ from session_service.errors import (
     InvalidLockToken,
     LockLost,
     LockTimeout,
+    SessionLocked,
     SessionNotFound,
     StoreUnavailable,
     VersionConflict,
@@ -173,6 +174,24 @@ class SessionStore:
             return None if value is None else int(value)
         result = conn.execute(stmt, params)
         return int(result.lastrowid) if result.rowcount else None
+
+    def _refused(self, conn: Connection, params: Params, mismatch: str) -> NoReturn:
+        """Why a compare-and-set matched no row: with `lock`, the lock is gone (LockLost)
+        or the version differs; without, another request holds the lease (SessionLocked,
+        as the holder's fenced write would overwrite ours) or the version differs."""
+        row = conn.execute(self.sql.lease_of, params).first()
+        if "held" in params:
+            if row is None or row.lock_token != params["held"]:
+                raise LockLost(_LOCK_LOST)
+        elif row is not None and row.lock_token is not None:
+            held_until = int(row.lock_expires or 0)
+            if held_until > params["now"]:
+                raise SessionLocked(
+                    "the session is locked by another request; a compare-and-set write "
+                    "needs a free lease",
+                    held_until - params["now"],
+                )
+        raise VersionConflict(mismatch)
 
     def _written_by(self, params: Params) -> Callable[[Connection], WriteResult | None]:
         """Did the write carrying params['wid'] land? (asked after an ambiguous failure)"""
@@ -328,8 +347,9 @@ class SessionStore:
         lock: str | None = None,
         if_version: int | None = None,
     ) -> WriteResult:
-        """Store data for ttl seconds: fenced by `lock`, compare-and-set by `if_version`,
-        or last-write-wins with neither."""
+        """Store data for ttl seconds: fenced by `lock`, compare-and-set by `if_version`
+        (only while no other request holds the lease), both conditions with both, or
+        last-write-wins with neither."""
         params = self._key(namespace, sid)
         if len(data) > self.settings.max_data_bytes:
             raise DataTooLarge(
@@ -353,17 +373,22 @@ class SessionStore:
             return WriteResult(version, done.expires_at)
 
         def compare_and_set(conn: Connection) -> WriteResult:
+            fenced = "held" in params
             if params["seen_version"] > 0:
                 params["new_version"] = params["seen_version"] + 1
-                if not conn.execute(self.sql.write_cas, params).rowcount:
-                    raise VersionConflict(f"stored version is not {params['seen_version']}")
+                stmt = self.sql.write_fenced_cas if fenced else self.sql.write_cas
+                if not conn.execute(stmt, params).rowcount:
+                    self._refused(conn, params, f"stored version is not {params['seen_version']}")
                 return WriteResult(params["new_version"], done.expires_at)
-            version = self._bump(conn, self.sql.write_cas_absent, params)
+            stmt = self.sql.write_fenced_absent if fenced else self.sql.write_cas_absent
+            version = self._bump(conn, stmt, params)
             if version is None:
+                if fenced:  # the lease's placeholder row exists: nothing to insert
+                    self._refused(conn, params, "the session exists (if_version 0)")
                 try:
                     conn.execute(self.sql.insert_new, params)
-                except sa_exc.IntegrityError as error:
-                    raise VersionConflict("the session exists (if_version 0)") from error
+                except sa_exc.IntegrityError:
+                    self._refused(conn, params, "the session exists (if_version 0)")
                 version = 1
             return WriteResult(version, done.expires_at)
 
@@ -377,10 +402,11 @@ class SessionStore:
         applied = self._written_by(params)
         if lock is not None:
             params["held"] = parse_lock_token(lock)
-            return self._run(fenced, applied)
         if if_version is not None:
             params["seen_version"] = if_version
             return self._run(compare_and_set, applied)
+        if lock is not None:
+            return self._run(fenced, applied)
         return self._run(last_write_wins, applied)
 
     def touch(self, namespace: str, sid: str, ttl: int, *, lock: str | None = None) -> WriteResult:

@@ -14,6 +14,7 @@ from session_service.errors import (
     InvalidSessionId,
     LockLost,
     LockTimeout,
+    SessionLocked,
     SessionNotFound,
     VersionConflict,
 )
@@ -118,6 +119,83 @@ def test_compare_and_set(store: SessionStore) -> None:
         store.write(NS, sid, b"c", 100, if_version=1)
     record = store.read(NS, sid)
     assert record is not None and (record.data, record.version) == (b"b", 2)
+
+
+def test_compare_and_set_is_refused_while_another_request_holds_the_lease(
+    store: SessionStore,
+) -> None:
+    """Issue 13.4: a CAS write that succeeded under someone's lease was then overwritten
+    by the holder's fenced write: an acknowledged write lost. It is refused instead."""
+    sid = session_id()
+    store.write(NS, sid, b"v1", 600)
+    held = store.lock(NS, sid, wait_ms=0, lease_ms=60_000)
+    with pytest.raises(SessionLocked) as caught:
+        store.write(NS, sid, b"cas", 600, if_version=1)
+    assert caught.value.retry_after_ms > 0
+    assert store.write(NS, sid, b"holder", 600, lock=held.lock).version == 2
+    record = store.read(NS, sid)
+    assert record is not None and (record.data, record.version) == (b"holder", 2)
+    # the lease is free again: the compare-and-set applies (or reports the version)
+    with pytest.raises(VersionConflict):
+        store.write(NS, sid, b"cas", 600, if_version=1)
+    assert store.write(NS, sid, b"cas", 600, if_version=2).version == 3
+
+
+def test_compare_and_set_on_a_new_session_being_locked_is_refused(store: SessionStore) -> None:
+    sid = session_id()
+    held = store.lock(NS, sid, wait_ms=0, lease_ms=60_000)
+    with pytest.raises(SessionLocked):
+        store.write(NS, sid, b"cas", 600, if_version=0)
+    assert store.write(NS, sid, b"holder", 600, lock=held.lock).version == 1
+    record = store.read(NS, sid)
+    assert record is not None and record.data == b"holder"
+
+
+def test_compare_and_set_after_an_expired_lease_fences_the_late_holder(
+    store: SessionStore, clock: FakeClock
+) -> None:
+    """A lease that ran out no longer blocks a CAS write, and the CAS write takes the
+    late holder's token away, so its fenced write cannot overwrite the CAS write."""
+    sid = session_id()
+    store.write(NS, sid, b"v1", 600)
+    late = store.lock(NS, sid, wait_ms=0, lease_ms=1000)
+    clock.advance(2)
+    assert store.write(NS, sid, b"cas", 600, if_version=1).version == 2
+    with pytest.raises(LockLost):
+        store.write(NS, sid, b"late", 600, lock=late.lock)
+    record = store.read(NS, sid)
+    assert record is not None and record.data == b"cas"
+
+
+def test_lock_and_if_version_both_apply(store: SessionStore) -> None:
+    """Issue 13.4: `lock` with a wrong if_version was silently accepted. Both apply now:
+    a wrong version is refused and leaves the session and the lock as they were."""
+    sid = session_id()
+    store.write(NS, sid, b"v1", 600)
+    held = store.lock(NS, sid, wait_ms=0, lease_ms=60_000)
+    with pytest.raises(VersionConflict):
+        store.write(NS, sid, b"wrong", 600, lock=held.lock, if_version=7)
+    with pytest.raises(VersionConflict):
+        store.write(NS, sid, b"wrong", 600, lock=held.lock, if_version=0)
+    record = store.read(NS, sid)
+    assert record is not None and (record.data, record.version) == (b"v1", 1)
+    assert store.try_lock(NS, sid, 1000).record is None, "the refused write kept the lock"
+    assert store.write(NS, sid, b"v2", 600, lock=held.lock, if_version=1).version == 2
+    assert store.try_lock(NS, sid, 1000).record is not None, "the write released the lock"
+
+
+def test_lock_and_if_version_on_a_new_session(store: SessionStore) -> None:
+    sid = session_id()
+    held = store.lock(NS, sid, wait_ms=0, lease_ms=60_000)
+    with pytest.raises(VersionConflict):
+        store.write(NS, sid, b"x", 600, lock=held.lock, if_version=1)
+    assert store.write(NS, sid, b"first", 600, lock=held.lock, if_version=0).version == 1
+    with pytest.raises(LockLost):  # written and released: the token is no longer the lock
+        store.write(NS, sid, b"again", 600, lock=held.lock, if_version=1)
+    other = store.lock(NS, sid, wait_ms=0, lease_ms=60_000)
+    with pytest.raises(LockLost):
+        store.write(NS, sid, b"stale", 600, lock=held.lock, if_version=1)
+    assert store.write(NS, sid, b"second", 600, lock=other.lock, if_version=1).version == 2
 
 
 def test_last_write_wins_bumps_version(store: SessionStore) -> None:

@@ -45,6 +45,8 @@ def from_store_error(error: errors.StoreError) -> ApiError:
         return ApiError(413, "too_large", str(error))
     if isinstance(error, errors.InvalidLockToken):
         return ApiError(422, "invalid_request", str(error))
+    if isinstance(error, errors.SessionLocked):
+        return ApiError(423, "locked", str(error), _retry_after(error.retry_after_ms))
     if isinstance(error, errors.LockTimeout):
         return ApiError(423, "lock_timeout", str(error), _retry_after(error.retry_after_ms))
     if isinstance(error, errors.StoreUnavailable):
