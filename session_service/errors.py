@@ -11,6 +11,11 @@ class InvalidSessionId(StoreError):
     """The id is not 22-256 characters of PHP's alphabet [A-Za-z0-9,-]."""
 
 
+class InvalidNamespace(StoreError, ValueError):
+    """The namespace is not 1-64 characters of [a-z0-9_.-] (tenants compare byte for byte:
+    no case or accent folding may make two tenants one)."""
+
+
 class DataTooLarge(StoreError):
     """The payload is larger than the configured limit."""
 

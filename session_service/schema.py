@@ -20,15 +20,26 @@ from sqlalchemy import (
     Table,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import DBAPIError
 
+from session_service.ids import is_valid_namespace
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: 1: the first schema. 2: `namespace` compared byte for byte on MySQL/MariaDB
+#: (utf8mb4_bin; it was the server's case- and accent-insensitive default).
+SCHEMA_VERSION = 2
 metadata = MetaData()
+
+#: the namespace column's type there: a binary collation, so 'A' is not 'a' (issue 13.5)
+NAMESPACE_COLLATION = "utf8mb4_bin"
+Namespace = String(64).with_variant(
+    mysql.VARCHAR(64, charset="utf8mb4", collation=NAMESPACE_COLLATION), "mysql", "mariadb"
+)
 
 
 #: MEDIUMBLOB on MySQL/MariaDB (up to 16 MiB), BLOB elsewhere.
@@ -39,7 +50,7 @@ Token = LargeBinary(16).with_variant(mysql.BINARY(16), "mysql", "mariadb")
 sessions = Table(
     "sessions",
     metadata,
-    Column("namespace", String(64), primary_key=True),
+    Column("namespace", Namespace, primary_key=True),
     Column("id_hash", Hash, primary_key=True),
     Column("data", Payload, nullable=False),
     Column("version", BigInteger, nullable=False),
@@ -126,6 +137,8 @@ def migrate(engine: Engine) -> int:
         log.info("schema created concurrently (%s); checking again", exc.orig)
         metadata.create_all(engine, checkfirst=True)
     check_tables(engine)
+    if engine.dialect.name in ("mysql", "mariadb"):
+        namespaces_binary(engine)
     with engine.begin() as conn:
         changed = conn.execute(
             update(schema_info).where(schema_info.c.id == 1).values(version=SCHEMA_VERSION)
@@ -137,3 +150,63 @@ def migrate(engine: Engine) -> int:
                 log.info("schema version recorded concurrently")
     log.info("schema migrated from version %d to %d", before, SCHEMA_VERSION)
     return SCHEMA_VERSION
+
+
+def namespaces_binary(engine: Engine) -> None:
+    """Schema 2 on MySQL/MariaDB: make `namespace` compare byte for byte.
+
+    Going from a case-insensitive collation to a binary one can never make two rows'
+    keys equal, so the ALTER cannot fail on data. But namespaces that the old
+    collation held equal (`A` and `a`, `shöp` and `shop`) were one tenant, each
+    reading and writing the other's sessions: splitting them silently would hand
+    each row to whichever tenant happened to create it. That is refused, naming
+    them, until the operator deletes the rows of the one no longer configured.
+    """
+    with engine.connect() as conn:
+        collation = conn.execute(
+            text(
+                "SELECT COLLATION_NAME FROM information_schema.COLUMNS WHERE "
+                "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'sessions' "
+                "AND COLUMN_NAME = 'namespace'"
+            )
+        ).scalar()
+        if collation == NAMESPACE_COLLATION:
+            return
+        merged = conn.execute(
+            text(
+                "SELECT GROUP_CONCAT(DISTINCT CAST(namespace AS BINARY) SEPARATOR 0x00) "
+                "FROM sessions GROUP BY namespace "
+                "HAVING COUNT(DISTINCT CAST(namespace AS BINARY)) > 1"
+            )
+        ).all()
+        if merged:
+            groups = [
+                " and ".join(repr(name.decode("utf-8", "replace")) for name in row[0].split(b"\0"))
+                for row in merged
+            ]
+            raise SchemaConflict(
+                f"namespaces {'; '.join(groups)} were one tenant under the collation "
+                f"{collation} and may hold each other's sessions; delete the sessions of "
+                "those no longer configured (DELETE FROM sessions WHERE CAST(namespace AS "
+                "BINARY) = '<namespace>'), then migrate again"
+            )
+        stored = [
+            bytes(row[0]).decode("utf-8", "replace")
+            for row in conn.execute(
+                text("SELECT DISTINCT CAST(namespace AS BINARY) FROM sessions")
+            ).all()
+        ]
+        outside = [name for name in stored if not is_valid_namespace(name)]
+        if outside:
+            log.warning(
+                "sessions of namespaces %s remain but can no longer be configured (names are "
+                "1-64 characters of [a-z0-9_.-]); they expire and gc deletes them",
+                ", ".join(repr(name) for name in outside),
+            )
+        log.info("sessions.namespace: collation %s to %s", collation, NAMESPACE_COLLATION)
+        conn.execute(
+            text(
+                "ALTER TABLE sessions MODIFY namespace VARCHAR(64) CHARACTER SET utf8mb4 "
+                f"COLLATE {NAMESPACE_COLLATION} NOT NULL"
+            )
+        )

@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from session_service.ids import check_namespaces
+
 MIB = 1024 * 1024
 #: MEDIUMBLOB holds 16 MiB - 1 bytes; a row must also fit MySQL's max_allowed_packet.
 HARD_MAX_DATA_BYTES = 16 * MIB - 1
@@ -177,22 +179,23 @@ def split_urls(value: str) -> list[str]:
 
 def read_tokens(settings: Settings) -> dict[str, str]:
     """Every configured token: --tokens plus the tokens file, if any."""
-    tokens = parse_tokens(settings.tokens)
+    tokens = parse_tokens(settings.tokens, check=False)
     if settings.tokens_file:
         try:
             with open(settings.tokens_file, encoding="utf-8") as handle:
                 text = handle.read()
         except OSError as error:
             raise ValueError(f"cannot read tokens file {settings.tokens_file}: {error}") from None
-        from_file = parse_tokens(text.replace("\n", ","))
+        from_file = parse_tokens(text.replace("\n", ","), check=False)
         for secret, namespace in from_file.items():
             if tokens.get(secret, namespace) != namespace:
                 raise ValueError("one secret is given for two namespaces")
             tokens[secret] = namespace
+    check_namespaces(tokens.values())
     return tokens
 
 
-def parse_tokens(spec: str) -> dict[str, str]:
+def parse_tokens(spec: str, *, check: bool = True) -> dict[str, str]:
     """Map each secret to its namespace from "ns:secret,secret2,...".
 
     Several secrets may name the same namespace, which is how a token is rotated
@@ -209,15 +212,11 @@ def parse_tokens(spec: str) -> dict[str, str]:
         namespace, secret = namespace.strip(), secret.strip()
         if not secret:
             raise ValueError(f"token for namespace {namespace!r} has an empty secret")
-        if (
-            not namespace
-            or len(namespace) > 64
-            or not namespace.replace("_", "").replace("-", "").replace(".", "").isalnum()
-        ):
-            raise ValueError(f"namespace {namespace!r} must be 1-64 chars of [A-Za-z0-9_.-]")
         if secret in tokens and tokens[secret] != namespace:
             raise ValueError("one secret is given for two namespaces")
         tokens[secret] = namespace
+    if check:  # read_tokens checks the flag's and the file's namespaces together
+        check_namespaces(tokens.values())
     return tokens
 
 

@@ -23,6 +23,7 @@ from session_service.database import create_store_engine
 from session_service.errors import (
     DataTooLarge,
     InvalidLockToken,
+    InvalidNamespace,
     LockLost,
     LockTimeout,
     SessionLocked,
@@ -30,7 +31,7 @@ from session_service.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from session_service.ids import hash_session_id
+from session_service.ids import hash_session_id, is_valid_namespace
 from session_service.randomness import token_bytes
 from session_service.replicas import ReplicaSet
 from session_service.retry import RetryPolicy
@@ -113,6 +114,7 @@ class SessionStore:
         self.engine = engine or create_store_engine(self.settings)
         self.sql = statements.build(self.engine.dialect.name)
         self._clock = clock
+        self._namespaces: set[str] = set()
         self.retry = RetryPolicy(self.settings.db_retry_seconds, self.settings.db_fail_fast_seconds)
         #: lock with one INSERT ... RETURNING where the server has it (None: ask the
         #: server); False forces MySQL's two-statement path, which the tests also cover
@@ -133,6 +135,11 @@ class SessionStore:
         self.engine.dispose()
 
     def _key(self, namespace: str, sid: str) -> Params:
+        if namespace not in self._namespaces:
+            if not is_valid_namespace(namespace):
+                raise InvalidNamespace("namespace must be 1-64 characters of [a-z0-9_.-]")
+            if len(self._namespaces) < 1024:  # tenants are few; the check is then a lookup
+                self._namespaces.add(namespace)
         return {"ns": namespace, "h": hash_session_id(sid), "now": self.now_ms()}
 
     def _run(

@@ -11,6 +11,7 @@ from sqlalchemy import select, text
 from session_service.errors import (
     DataTooLarge,
     InvalidLockToken,
+    InvalidNamespace,
     InvalidSessionId,
     LockLost,
     LockTimeout,
@@ -338,6 +339,15 @@ def test_namespaces_are_isolated(store: SessionStore) -> None:
     assert one is not None and two is not None and (one.data, two.data) == (b"one", b"two")
     store.destroy("app1", sid)
     assert store.read("app1", sid) is None and store.read("app2", sid) is not None
+
+
+@pytest.mark.parametrize("bad", ["Shop", "shöp", "", "x" * 65, "a b"])
+def test_invalid_namespaces_are_refused(store: SessionStore, bad: str) -> None:
+    sid = session_id()
+    with pytest.raises(InvalidNamespace):
+        store.write(bad, sid, b"x", 100)
+    with pytest.raises(InvalidNamespace):
+        store.read(bad, sid)
 
 
 def test_concurrent_locked_increments_are_exact(make_store: Callable[..., SessionStore]) -> None:
