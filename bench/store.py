@@ -149,7 +149,7 @@ def raw_same_cycle(database: str, store: SessionStore) -> Callable[[int], Callab
     plain PyMySQL cursor: what the store costs without SQLAlchemy's execution layer."""
     import hashlib
 
-    from session_service.async_store import _Compiled
+    from session_service.green_connection import Compiled as _Compiled
 
     with store.engine.connect():  # the dialect learns the server (INSERT ... RETURNING?)
         pass

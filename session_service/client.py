@@ -14,7 +14,7 @@ import httpx
 import msgpack
 
 from session_service import errors
-from session_service.store import SessionRecord, WriteResult
+from session_service.records import SessionRecord, WriteResult
 
 _MSGPACK = "application/msgpack"
 

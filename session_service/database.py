@@ -18,6 +18,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from session_service.hexliteral import conversions, with_hex_literals
+from session_service.mysql_conventions import (
+    POOL_TIMEOUT_SECONDS,
+    RECYCLE_SECONDS,
+    SESSION_SETUP,
+    ping_due,
+)
 from session_service.settings import Settings, split_urls
 
 
@@ -44,8 +50,8 @@ def create_store_engine(settings: Settings) -> Engine:
         max_overflow=settings.db_max_overflow,
         # pre-ping only after idle time (ping_after_idle below), not on every checkout
         pool_pre_ping=settings.db_pre_ping and settings.db_pre_ping_idle == 0,
-        pool_recycle=3600,
-        pool_timeout=10,
+        pool_recycle=RECYCLE_SECONDS,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
         # autocommit connections carry no transaction to roll back on return
         pool_reset_on_return=None,
         skip_autocommit_rollback=True,
@@ -60,11 +66,9 @@ def create_store_engine(settings: Settings) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _session_setup(dbapi_conn: Any, _record: object) -> None:
-        # READ COMMITTED: no gap locks. Short InnoDB row-lock waits: our statements touch
-        # one row each, so a long wait means trouble and a retry beats a stuck worker.
         cur = dbapi_conn.cursor()
-        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        cur.execute("SET SESSION innodb_lock_wait_timeout = 5")
+        for statement in SESSION_SETUP:  # see mysql_conventions.py
+            cur.execute(statement)
         cur.close()
 
     if settings.db_pre_ping and settings.db_pre_ping_idle > 0:
@@ -121,10 +125,8 @@ def _connect_in_turn(engine: Engine, nodes: list[Any]) -> None:
 def ping_after_idle(engine: Engine, idle_seconds: float) -> None:
     """pool_pre_ping, but only for connections idle longer than `idle_seconds`.
 
-    A connection used a moment ago is alive; one that sat in the pool may have been
-    closed by a server restart or wait_timeout. Pinging only those spares a round trip
-    per operation under load, and the store's retry covers the rare connection that
-    dies in between (docs/design.md, Failures).
+    Pinging only those spares a round trip per operation under load (the rule is
+    mysql_conventions.ping_due, shared with the event loop's pool).
     """
 
     @event.listens_for(engine, "checkin")
@@ -133,8 +135,7 @@ def ping_after_idle(engine: Engine, idle_seconds: float) -> None:
 
     @event.listens_for(engine, "checkout")
     def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
-        returned = record.info.get("returned_at")
-        if returned is None or time.monotonic() - returned < idle_seconds:
+        if not ping_due(record.info.get("returned_at"), time.monotonic(), idle_seconds):
             return
         try:
             dbapi_conn.ping(False)

@@ -1,10 +1,10 @@
 """Which database errors are transient, and whether a failed statement may have been applied.
 
 A deadlock or lock-wait timeout rolls the statement back, and a refused connection
-never sent it: those are simply retried. A connection lost mid-statement is
-ambiguous (the server may have committed before the socket died), so mutating
-operations first check whether their write id landed before trying again; that is
-how a write is never applied twice.
+never sent it: those are simply retried (the error codes are in mysql_conventions.py).
+A connection lost mid-statement is ambiguous (the server may have committed before
+the socket died), so mutating operations first check whether their write id landed
+before trying again; that is how a write is never applied twice.
 """
 
 from __future__ import annotations
@@ -14,33 +14,19 @@ import random
 import sqlite3
 import time
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from sqlalchemy import exc as sa_exc
 
 from session_service import metrics
 from session_service.errors import StoreUnavailable
+from session_service.mysql_conventions import AMBIGUOUS, ROLLED_BACK, mysql_code
 
 log = logging.getLogger(__name__)
-
-# MySQL/MariaDB error codes.
-_ROLLED_BACK = {
-    1205,  # lock wait timeout
-    1213,  # deadlock (also Galera certification failure)
-    1047,  # WSREP has not yet prepared node for application use
-    2003,  # can't connect
-    1040,  # too many connections
-    1129,  # host blocked
-}
-_AMBIGUOUS = {
-    2006,  # server has gone away
-    2013,  # lost connection during query
-    2014,
-    2055,  # lost connection (SSL/socket error)
-    1053,  # server shutdown in progress
-    1927,  # connection was killed
-    4031,  # disconnected by the server because of inactivity
-    1317,  # query execution was interrupted
-}
+C = TypeVar("C")
+T = TypeVar("T")
+C_contra = TypeVar("C_contra", contravariant=True)
+T_co = TypeVar("T_co", covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +49,13 @@ def classify(error: BaseException) -> Transient | None:
         if "locked" in text or "busy" in text:
             return Transient("sqlite_busy", ambiguous=False)
         return None
-    code = _mysql_code(orig)
-    if code in _ROLLED_BACK:
+    code = mysql_code(orig)
+    if code in ROLLED_BACK:
         return Transient(f"mysql_{code}", ambiguous=False)
-    if code in _AMBIGUOUS:
+    if code in AMBIGUOUS:
         return Transient(f"mysql_{code}", ambiguous=True)
     if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):
         return Transient("disconnect", ambiguous=True)
-    return None
-
-
-def _mysql_code(orig: BaseException | None) -> int | None:
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int):
-        return args[0]
     return None
 
 
@@ -147,3 +126,49 @@ class RetryWindow:
         log.warning("transient database error (%s), retrying", kind)
         self.attempt += 1
         return pause
+
+
+class ConnectionSource(Protocol[C]):
+    """Where run_with_retry gets its connections: an executor (executors.py)."""
+
+    def acquire(self) -> C: ...
+
+    def release(self, conn: C, error: BaseException | None) -> None: ...
+
+    def pause(self, seconds: float) -> None: ...
+
+
+class Attempt(Protocol[C_contra, T_co]):
+    """One operation: what it does, and how to tell whether an earlier try applied it."""
+
+    def work(self, conn: C_contra, /) -> T_co: ...
+
+    def applied(self, conn: C_contra, /) -> T_co | None: ...
+
+
+def run_with_retry(policy: RetryPolicy, operation: Attempt[C, T], source: ConnectionSource[C]) -> T:
+    """The one retry loop of both executors: run `operation` on a connection from
+    `source`, retrying transient errors within the policy's window.
+
+    After an ambiguous failure (the connection died mid-statement), the operation's
+    `applied` is asked first whether the earlier attempt already took effect.
+    """
+    window = policy.open()
+    while True:
+        try:
+            conn = source.acquire()
+            try:
+                if window.ambiguous:
+                    done = operation.applied(conn)
+                    if done is not None:
+                        source.release(conn, None)
+                        return done
+                result = operation.work(conn)
+            except BaseException as error:
+                source.release(conn, error)
+                raise
+            source.release(conn, None)
+            policy.succeeded()
+            return result
+        except sa_exc.DBAPIError as error:
+            source.pause(window.failed(error))

@@ -12,17 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import Connection, Engine, or_, text, update
 from sqlalchemy import exc as sa_exc
 
-from session_service import metrics, statements
+from session_service import lease, metrics, statements
 from session_service.database import create_store_engine
 from session_service.errors import (
     DataTooLarge,
-    InvalidLockToken,
     InvalidNamespace,
     LockLost,
     LockTimeout,
@@ -31,8 +29,11 @@ from session_service.errors import (
     StoreUnavailable,
     VersionConflict,
 )
+from session_service.executors import EngineExecutor, Operation
 from session_service.ids import hash_session_id, is_valid_namespace
+from session_service.lease import parse_lock_token, seconds
 from session_service.randomness import token_bytes
+from session_service.records import LockAttempt, SessionRecord, WriteResult
 from session_service.replicas import ReplicaSet
 from session_service.retry import RetryPolicy
 from session_service.schema import leases
@@ -41,63 +42,10 @@ from session_service.settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Params = dict[str, Any]
+__all__ = ["LockAttempt", "SessionRecord", "SessionStore", "WriteResult"]
 
 #: Transient errors of one row, not of the server: they never make the store fail fast.
 _LOCK_LOST = "the lock is no longer held (lease expired and taken, or session destroyed)"
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRecord:
-    """A session as read or locked. `version` 0 and empty data mean it does not exist yet."""
-
-    data: bytes
-    version: int
-    expires_at: int
-    lock: str | None = None
-    lease_expires_at_ms: int | None = None
-    new: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    version: int
-    expires_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class LockAttempt:
-    """One try at the lease: `record` when acquired, else when the holder's lease ends."""
-
-    record: SessionRecord | None
-    held_until_ms: int = 0
-
-
-def _seconds(ms: int) -> int:
-    return (ms + 999) // 1000
-
-
-def parse_lock_token(token: str) -> bytes:
-    try:
-        raw = bytes.fromhex(token)
-    except ValueError:
-        raw = b""
-    if len(raw) != 16:
-        raise InvalidLockToken("lock must be the 32-hex-digit token returned by lock")
-    return raw
-
-
-def _locked_record(
-    token: bytes, lease_end: int, version: int, expires_at: int, data: bytes, now: int
-) -> SessionRecord:
-    is_new = version == 0 or expires_at <= now
-    return SessionRecord(
-        data=b"" if is_new else data,
-        version=0 if is_new else version,
-        expires_at=0 if is_new else _seconds(expires_at),
-        lock=token.hex(),
-        lease_expires_at_ms=lease_end,
-        new=is_new,
-    )
 
 
 class SessionStore:
@@ -123,6 +71,8 @@ class SessionStore:
         if self.settings.db_replica_urls:
             self.replicas = ReplicaSet(self.settings, self.engine)
             self.replicas.start()
+        #: runs the operations that the methods ending in _op build (executors.py)
+        self.executor = EngineExecutor(self.engine, self.retry, self.replicas)
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -141,38 +91,6 @@ class SessionStore:
             if len(self._namespaces) < 1024:  # tenants are few; the check is then a lookup
                 self._namespaces.add(namespace)
         return {"ns": namespace, "h": hash_session_id(sid), "now": self.now_ms()}
-
-    def _run(
-        self,
-        operation: Callable[[Connection], T],
-        applied: Callable[[Connection], T | None] | None = None,
-        *,
-        writes: bool = True,
-    ) -> T:
-        """Run `operation` on the primary, retrying transient errors (see RetryWindow).
-
-        After an ambiguous failure (the connection died mid-statement), `applied`
-        is asked first whether the earlier attempt already took effect. With replicas,
-        an operation that `writes` notes its GTID so that later replica reads wait for it.
-        """
-        window = self.retry.open()
-        while True:
-            try:
-                with self.engine.connect() as conn:
-                    if window.ambiguous and applied is not None:
-                        done = applied(conn)
-                        if done is not None:
-                            return done
-                    result = operation(conn)
-                    if writes and self.replicas is not None:
-                        self.replicas.note_write(conn)
-                    self.retry.succeeded()
-                    return result
-            except sa_exc.DBAPIError as error:
-                time.sleep(window.failed(error))
-            except sa_exc.TimeoutError as error:
-                metrics.DB_ERRORS.labels(kind="pool_timeout").inc()
-                raise StoreUnavailable("no database connection free in time") from error
 
     def _bump(self, conn: Connection, stmt: Any, params: Params) -> int | None:
         """Execute a version-bumping UPDATE; the new version, or None if no row matched."""
@@ -206,42 +124,49 @@ class SessionStore:
         def check(conn: Connection) -> WriteResult | None:
             row = conn.execute(self.sql.written_by, params).first()
             if row is not None and row.write_id == params["wid"]:
-                return WriteResult(int(row.version), _seconds(int(row.expires_at)))
+                return WriteResult(int(row.version), seconds(int(row.expires_at)))
             return None
 
         return check
 
     # -- reads -------------------------------------------------------------------
 
-    def _read(self, operation: Callable[[Connection], T]) -> T:
-        """A lock-free read: on a healthy, caught-up replica if there is one, else the primary."""
-        if self.replicas is not None:
-            served = self.replicas.read(operation)
-            if served is not None:
-                return served[0]
-        metrics.DB_READS.labels(db="primary").inc()
-        return self._run(operation, writes=False)
+    def read_op(self, namespace: str, sid: str) -> Operation[SessionRecord | None]:
+        params = self._key(namespace, sid)
+        query = self.sql.read
+
+        def op(conn: Connection) -> SessionRecord | None:
+            row = conn.execute(query, params).first()
+            if row is None:
+                return None
+            return SessionRecord(bytes(row.data), int(row.version), seconds(int(row.expires_at)))
+
+        return Operation(op, writes=False, replica_read=True)
 
     def read(self, namespace: str, sid: str) -> SessionRecord | None:
         """The live session, without locking; None when absent or expired."""
+        return self.executor.run(self.read_op(namespace, sid))
+
+    def exists_op(self, namespace: str, sid: str) -> Operation[bool]:
         params = self._key(namespace, sid)
-
-        def op(conn: Connection) -> SessionRecord | None:
-            row = conn.execute(self.sql.read, params).first()
-            if row is None:
-                return None
-            return SessionRecord(bytes(row.data), int(row.version), _seconds(int(row.expires_at)))
-
-        return self._read(op)
+        query = self.sql.exists
+        return Operation(
+            lambda conn: conn.execute(query, params).first() is not None,
+            writes=False,
+            replica_read=True,
+        )
 
     def exists(self, namespace: str, sid: str) -> bool:
         """True for a live session, including one being created under a lock right now."""
-        params = self._key(namespace, sid)
-        return self._read(lambda conn: conn.execute(self.sql.exists, params).first() is not None)
+        return self.executor.run(self.exists_op(namespace, sid))
 
     # -- locking -----------------------------------------------------------------
 
     def try_lock(self, namespace: str, sid: str, lease_ms: int) -> LockAttempt:
+        """One attempt at the session's lease, without waiting (see try_lock_op)."""
+        return self.executor.run(self.try_lock_op(namespace, sid, lease_ms))
+
+    def try_lock_op(self, namespace: str, sid: str, lease_ms: int) -> Operation[LockAttempt]:
         """One attempt at the session's lease, without waiting.
 
         An absent session is locked too, through a placeholder row (version 0), so
@@ -256,59 +181,8 @@ class SessionStore:
             wid=None,
         )
         params["expires"] = params["lease_end"]
-        return self._run(lambda conn: self._lock_once(conn, params))
-
-    def _lock_once(self, conn: Connection, p: Params) -> LockAttempt:
-        """One round trip where the server has INSERT ... RETURNING (SQLite, MariaDB 10.5+);
-        a read and a conditional update where it does not (MySQL)."""
-        upsert = self.lock_upsert
-        if upsert is None:
-            upsert = self.sql.returning or conn.dialect.insert_returning
-        if upsert:
-            return self._lock_upsert(conn, p)
-        return self._lock_read_take(conn, p)
-
-    def _lock_read_take(self, conn: Connection, p: Params) -> LockAttempt:
-        """Read, then take the lease only if nothing changed since (version and write id).
-
-        For servers without INSERT ... RETURNING (MySQL): a waiter's poll costs one
-        indexed read; taking a free lease, one read and one single-row update.
-        """
-        now = p["now"]
-        row = conn.execute(self.sql.lock_read, p).first()
-        if row is None:
-            try:
-                conn.execute(self.sql.lock_insert, p)
-            except sa_exc.IntegrityError:
-                return LockAttempt(None, now)  # created by a concurrent request: poll again
-            return LockAttempt(_locked_record(p["token"], p["lease_end"], 0, now, b"", now))
-        mine = row.lock_token == p["token"]  # an ambiguous earlier attempt took it already
-        if not mine and row.lock_token is not None and int(row.lock_expires) > now:
-            return LockAttempt(None, int(row.lock_expires))
-        p.update(seen_version=row.version, seen_wid=row.write_id)
-        if not mine and not conn.execute(self.sql.lock_take, p).rowcount:
-            return LockAttempt(None, now)  # changed under us: poll again
-        return LockAttempt(
-            _locked_record(
-                p["token"],
-                p["lease_end"],
-                int(row.version),
-                int(row.expires_at),
-                bytes(row.data),
-                now,
-            )
-        )
-
-    def _lock_upsert(self, conn: Connection, p: Params) -> LockAttempt:
-        """Insert the placeholder row or take a free lease, and read it all back, at once."""
-        row = conn.execute(self.sql.lock_upsert, p).one()
-        if row[0] != p["token"]:
-            return LockAttempt(None, int(row[1] or p["now"]))
-        return LockAttempt(
-            _locked_record(
-                p["token"], p["lease_end"], int(row[2]), int(row[3]), bytes(row[4]), p["now"]
-            )
-        )
+        sql, upsert = self.sql, self.lock_upsert
+        return Operation(lambda conn: lease.take(sql, upsert, conn, params))
 
     def lock(self, namespace: str, sid: str, wait_ms: int, lease_ms: int) -> SessionRecord:
         """Lock and read, waiting up to wait_ms for another holder (blocking library form)."""
@@ -327,6 +201,9 @@ class SessionStore:
 
     def release(self, namespace: str, sid: str, lock: str) -> None:
         """Give the lease back without writing; LockLost if it is not held with this token."""
+        self.executor.run(self.release_op(namespace, sid, lock))
+
+    def release_op(self, namespace: str, sid: str, lock: str) -> Operation[None]:
         params = self._key(namespace, sid)
         params["held"] = parse_lock_token(lock)
         retried = False
@@ -340,7 +217,7 @@ class SessionStore:
             retried = True  # a lost connection may have released it already
             return None
 
-        return self._run(op, already)
+        return Operation(op, already)
 
     # -- writes ------------------------------------------------------------------
 
@@ -354,6 +231,21 @@ class SessionStore:
         lock: str | None = None,
         if_version: int | None = None,
     ) -> WriteResult:
+        """Store data for ttl seconds (see write_op)."""
+        return self.executor.run(
+            self.write_op(namespace, sid, data, ttl, lock=lock, if_version=if_version)
+        )
+
+    def write_op(
+        self,
+        namespace: str,
+        sid: str,
+        data: bytes,
+        ttl: int,
+        *,
+        lock: str | None = None,
+        if_version: int | None = None,
+    ) -> Operation[WriteResult]:
         """Store data for ttl seconds: fenced by `lock`, compare-and-set by `if_version`
         (only while no other request holds the lease), both conditions with both, or
         last-write-wins with neither."""
@@ -371,7 +263,7 @@ class SessionStore:
             token=None,
             lease_end=None,
         )
-        done = WriteResult(0, _seconds(expires))
+        done = WriteResult(0, seconds(expires))
 
         def fenced(conn: Connection) -> WriteResult:
             version = self._bump(conn, self.sql.write_fenced, params)
@@ -411,12 +303,18 @@ class SessionStore:
             params["held"] = parse_lock_token(lock)
         if if_version is not None:
             params["seen_version"] = if_version
-            return self._run(compare_and_set, applied)
+            return Operation(compare_and_set, applied)
         if lock is not None:
-            return self._run(fenced, applied)
-        return self._run(last_write_wins, applied)
+            return Operation(fenced, applied)
+        return Operation(last_write_wins, applied)
 
     def touch(self, namespace: str, sid: str, ttl: int, *, lock: str | None = None) -> WriteResult:
+        """Extend the expiry (and release `lock`), never reviving an expired session."""
+        return self.executor.run(self.touch_op(namespace, sid, ttl, lock=lock))
+
+    def touch_op(
+        self, namespace: str, sid: str, ttl: int, *, lock: str | None = None
+    ) -> Operation[WriteResult]:
         """Extend the expiry (and release `lock`), never reviving an expired session.
 
         The write is skipped when the expiry would move by less than
@@ -432,7 +330,7 @@ class SessionStore:
             row = conn.execute(self.sql.touch_read, params).first()
             if row is None:
                 raise SessionNotFound("no live session with this id")
-            return WriteResult(int(row.version), _seconds(int(row.expires_at)))
+            return WriteResult(int(row.version), seconds(int(row.expires_at)))
 
         def with_lock(conn: Connection) -> WriteResult:
             if not conn.execute(self.sql.touch_locked, params).rowcount:
@@ -444,7 +342,7 @@ class SessionStore:
             if now.expires_at * 1000 >= threshold:
                 return now
             if conn.execute(self.sql.touch_extend, params).rowcount:
-                return WriteResult(now.version, _seconds(expires))
+                return WriteResult(now.version, seconds(expires))
             return current(conn)
 
         def applied(conn: Connection) -> WriteResult | None:
@@ -453,17 +351,21 @@ class SessionStore:
 
         if lock is not None:
             params["held"] = parse_lock_token(lock)
-            return self._run(with_lock, applied)
-        return self._run(without_lock, applied)
+            return Operation(with_lock, applied)
+        return Operation(without_lock, applied)
 
     def destroy(self, namespace: str, sid: str) -> None:
         """Delete the session, whoever holds its lock (as PHP's files handler unlinks)."""
+        self.executor.run(self.destroy_op(namespace, sid))
+
+    def destroy_op(self, namespace: str, sid: str) -> Operation[None]:
         params = self._key(namespace, sid)
+        query = self.sql.destroy
 
         def op(conn: Connection) -> None:
-            conn.execute(self.sql.destroy, params)
+            conn.execute(query, params)
 
-        return self._run(op)
+        return Operation(op)
 
     # -- maintenance ---------------------------------------------------------------
 
@@ -485,7 +387,7 @@ class SessionStore:
                 deleted = conn.execute(self.sql.gc_delete, {**params, "keys": keys}).rowcount
                 return len(keys), int(deleted)
 
-            found, deleted = self._run(one_batch)
+            found, deleted = self.executor.run(Operation(one_batch))
             total += deleted
             if found < size:
                 break
@@ -516,7 +418,7 @@ class SessionStore:
                 return False
             return True
 
-        return self._run(op)
+        return self.executor.run(Operation(op))
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers a trivial query."""

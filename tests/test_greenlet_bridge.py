@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from session_service.async_store import await_in_greenlet, run_in_greenlet
+from session_service.greenlet_bridge import await_in_greenlet, run_in_greenlet
 
 
 def _sums(label: str, steps: int) -> str:
