@@ -12,6 +12,7 @@ import pytest
 from session_service import metrics
 from session_service.async_store import AsyncSessionStore
 from session_service.hexliteral import HEX_LIMIT
+from session_service.ids import hash_session_id
 from session_service.settings import Settings
 from session_service.store import SessionStore
 from tests.support import session_id
@@ -97,8 +98,8 @@ def test_statements_are_prepared_once_per_connection(mariadb_url: str) -> None:
 
 
 def test_more_callers_than_pooled_connections_all_get_one(mariadb_url: str) -> None:
-    """Connections come back to a LIFO list in front of asyncmy's pool; a caller that
-    waits in the pool must still get the next one given back (no one waits for ever)."""
+    """Connections come back to a LIFO list; a caller that waits for one must still
+    get the next one given back (no one waits for ever)."""
     store = SessionStore(Settings(db_url=mariadb_url, db_pool_size=2))
     sessions = AsyncSessionStore(store)
 
@@ -165,3 +166,100 @@ def test_racing_for_new_sessions_never_deadlocks(mariadb_url: str) -> None:
         assert _innodb_deadlocks(store) == deadlocks
     finally:
         store.close()
+
+
+def test_a_connection_killed_while_idle_is_replaced_transparently(mariadb_url: str) -> None:
+    """The server closes a pooled connection (KILL, as wait_timeout or a restart would):
+    the next operation retries on a new connection, and nothing is stamped on the
+    driver's connection object (the pool's own wrapper holds what it knows)."""
+    import pymysql
+
+    store = SessionStore(Settings(db_url=mariadb_url, db_pool_size=1, db_pre_ping=False))
+    sessions = AsyncSessionStore(store)
+    assert sessions.runner is not None
+    pool = sessions.runner.pool
+    admin = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    sid = session_id()
+
+    async def main() -> bytes:
+        try:
+            await sessions.write("default", sid, b"before", 600)
+            (conn,) = pool._idle
+            assert not [n for n in getattr(conn.raw, "__dict__", {}) if "session_service" in n]
+            with admin.cursor() as cur:
+                cur.execute(f"KILL {conn.raw.thread_id()}")
+            await sessions.write("default", sid, b"after", 600)
+            assert pool._idle and pool._idle[0] is not conn, "the killed one was discarded"
+            return (await sessions.read("default", sid)).data  # type: ignore[union-attr]
+        finally:
+            await sessions.close()
+            store.close()
+            admin.close()
+
+    assert asyncio.run(main()) == b"after"
+
+
+def test_a_caller_cancelled_mid_statement_does_not_return_its_connection(
+    mariadb_url: str,
+) -> None:
+    """A task cancelled while its statement is on the wire (a client that went away)
+    leaves that connection in an unknown state: it is closed, never handed to the
+    next caller, and the pool's slot is free again."""
+    store = SessionStore(Settings(db_url=mariadb_url, db_pool_size=1))
+    sessions = AsyncSessionStore(store)
+    assert sessions.runner is not None
+    pool = sessions.runner.pool
+    holder, sid = session_id(), session_id()
+
+    async def main() -> bytes:
+        try:
+            await sessions.write("default", holder, b"v1", 600)
+            # hold the row lock in another connection so the write below waits on it
+            with store.engine.connect() as blocker:
+                blocker.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 50")
+                blocker.exec_driver_sql("BEGIN")
+                blocker.exec_driver_sql(
+                    "SELECT 1 FROM sessions WHERE id_hash = %s FOR UPDATE",
+                    (hash_session_id(holder),),
+                )
+                task = asyncio.create_task(sessions.write("default", holder, b"x", 600))
+                await asyncio.sleep(0.5)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                blocker.exec_driver_sql("ROLLBACK")
+            assert pool._open == 0 and not pool._idle, "the cancelled call's connection is gone"
+            await asyncio.wait_for(sessions.write("default", sid, b"next", 600), 30)
+            return (await sessions.read("default", sid)).data  # type: ignore[union-attr]
+        finally:
+            await sessions.close()
+            store.close()
+
+    assert asyncio.run(main()) == b"next"
+
+
+def test_waiting_for_a_connection_ends_with_store_unavailable(mariadb_url: str) -> None:
+    """All pooled connections busy for longer than the pool timeout: StoreUnavailable
+    (503), as SQLAlchemy's pool answers, and the pool works again afterwards."""
+    from session_service.errors import StoreUnavailable
+
+    store = SessionStore(Settings(db_url=mariadb_url, db_pool_size=1))
+    sessions = AsyncSessionStore(store)
+    assert sessions.runner is not None
+    runner = sessions.runner
+
+    async def main() -> None:
+        try:
+            await sessions.exists("default", session_id())  # the one connection exists
+            pool = runner.pool
+            pool._timeout = 0.3
+            busy = await pool.acquire()
+            with pytest.raises(StoreUnavailable, match="no database connection free in time"):
+                await sessions.exists("default", session_id())
+            pool.release(busy)
+            assert await sessions.exists("default", session_id()) is False
+        finally:
+            await sessions.close()
+            store.close()
+
+    asyncio.run(main())
