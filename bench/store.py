@@ -17,6 +17,9 @@ timing starts, so this measures steady throughput, not contention on one row nor
 the first inserts. The four variants alternate --rounds times per concurrency
 level; each printed cell is the variant's median round, with its ratio to (d)
 in that round, so that drift on a shared machine hits all four alike.
+
+(Over 450 lines on purpose: one script, so that every variant shares one harness
+and one database and they alternate within one run.)
 """
 
 from __future__ import annotations

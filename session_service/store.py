@@ -5,6 +5,10 @@ primary key (namespace, SHA-256 of the id), so different sessions never block ea
 other. Locking is a lease stored in the row with a random fencing token, not a held
 database transaction (docs/design.md explains why). The SQL itself lives in
 statements.py, built once per engine.
+
+Each method `x_op` builds an operation (executors.Operation) and `x` runs it on
+the store's synchronous executor; the service's event loop runs the same
+operations with its own executor (async_store.py).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, Engine, or_, text, update
 from sqlalchemy import exc as sa_exc
@@ -40,7 +44,6 @@ from session_service.schema import leases
 from session_service.settings import Settings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 Params = dict[str, Any]
 __all__ = ["LockAttempt", "SessionRecord", "SessionStore", "WriteResult"]
 

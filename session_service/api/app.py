@@ -206,7 +206,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
             },
             ["data", "ttl"],
         ),
-        responses=_responses(200, _WRITE_RESULT, 409, 412, 413, 415),
+        responses=_responses(200, _WRITE_RESULT, 409, 412, 413, 415, 423),
     )
     async def write_session(request: Request, sid: SessionId) -> Response:
         return await endpoints.serve_request(request, sid, endpoints.write)
