@@ -64,6 +64,13 @@ def _read_capped(response: httpx.Response) -> bytes:
         response.close()
 
 
+def _retry_after_ms(value: str | None) -> int:
+    """Retry-After in milliseconds: whole seconds as the service sends them; 1 s for an
+    absent value or one in another form (a date from a proxy in between)."""
+    seconds = int(value) if value is not None and value.strip().isdigit() else 1
+    return seconds * 1000
+
+
 def _raise_for(response: httpx.Response, content: bytes) -> None:
     if response.status_code < 400:
         return
@@ -88,8 +95,10 @@ def _raise_for(response: httpx.Response, content: bytes) -> None:
     if status == 413:
         raise errors.DataTooLarge(detail)
     if status == 423:
-        retry_after = int(response.headers.get("retry-after", "1"))
-        raise errors.LockTimeout(detail, retry_after * 1000)
+        retry_after_ms = _retry_after_ms(response.headers.get("retry-after"))
+        if code == "locked":
+            raise errors.SessionLocked(detail, retry_after_ms)
+        raise errors.LockTimeout(detail, retry_after_ms)
     if status == 503:
         raise errors.StoreUnavailable(detail)
     raise ServiceError(status, code, detail)

@@ -16,6 +16,7 @@ import pytest
 
 from session_service import client as client_module
 from session_service.client import BadAnswer, SessionClient
+from session_service.errors import LockTimeout, SessionLocked
 from tests.support import session_id
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -115,6 +116,20 @@ def test_an_error_page_that_is_not_ours_keeps_its_status(server: _Server) -> Non
     ):
         client.read(session_id())
     assert raised.value.status == 502 and "<h1>down</h1>" in raised.value.detail
+
+
+def test_a_423_with_a_retry_after_date_is_still_a_lock_timeout(server: _Server) -> None:
+    """Retry-After may be an HTTP date (a proxy in between): the client waits 1 s, and
+    raises the store's error instead of a ValueError from parsing it."""
+    body = msgpack.packb({"error": "lock_timeout", "detail": "held"})
+    headers = {
+        "Content-Type": "application/msgpack",
+        "Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT",
+    }
+    server.stream, server.answer = None, (423, headers, body)
+    with SessionClient(server.url, "secret") as client, pytest.raises(LockTimeout) as raised:
+        client.lock(session_id())
+    assert raised.value.retry_after_ms == 1000 and not isinstance(raised.value, SessionLocked)
 
 
 def test_an_answer_announcing_too_much_is_refused_before_its_body_is_read(

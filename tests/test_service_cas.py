@@ -9,6 +9,8 @@ import httpx
 import msgpack
 import pytest
 
+from session_service.client import SessionClient
+from session_service.errors import SessionLocked
 from tests.support import ServiceProcess, session_id
 
 MP = {
@@ -84,3 +86,19 @@ def test_lock_with_a_wrong_if_version_is_412_and_keeps_the_lock(http: httpx.Clie
     stale = _put(http, sid, b"v3", lock=lock, if_version=2)
     assert stale.status_code == 409 and _body(stale)["error"] == "lock_lost"
     assert _data(http, sid) == (b"v2", 2)
+
+
+def test_the_python_client_raises_session_locked_for_a_compare_and_set_under_a_lease(
+    http: httpx.Client,
+) -> None:
+    """The client tells the two 423s apart: `locked` (a CAS write under another holder's
+    lease) is SessionLocked, a LockTimeout with the service's Retry-After."""
+    sid = session_id()
+    assert _put(http, sid, b"v1").status_code == 200
+    lock = _lock(http, sid)
+    with SessionClient(str(http.base_url), "secret") as client:
+        with pytest.raises(SessionLocked) as raised:
+            client.write(sid, b"cas", 600, if_version=1)
+        assert raised.value.retry_after_ms >= 1000
+        client.release(sid, lock)
+        assert client.write(sid, b"cas", 600, if_version=1).version == 2
