@@ -49,6 +49,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_size = 0
         self.headers_size = 0
         self.in_head = False
+        self.head_began = False
         self.error: BadRequest | None = None
         self.current: Exchange | None = None
         self.queue: deque[tuple[int, Any]] = deque()
@@ -94,6 +95,7 @@ class ClientConnection(asyncio.Protocol):
         fe = self.fe
         if not self.in_head:
             self.deadline = fe.now + fe.settings.timeouts.idle
+        self.head_began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -105,7 +107,10 @@ class ClientConnection(asyncio.Protocol):
             if self.error is None:
                 self.error = BadRequest(400, str(exc) or "malformed request")
         if self.in_head and self.error is None:
-            self.head_size += len(data)
+            if self.head_began:  # earlier requests of a pipeline may fill most of this read
+                self.head_size = self._head_tail(data)
+            else:
+                self.head_size += len(data)
             if self.head_size > fe.settings.limits.max_header_size:
                 self.error = BadRequest(431, "request header section too large")
         if self.error is not None:
@@ -133,6 +138,20 @@ class ClientConnection(asyncio.Protocol):
         current = self.current
         if current is not None and current.outq:
             current.flush_out()
+
+    def _head_tail(self, data: bytes) -> int:
+        """Bytes of the unfinished head that began in ``data``: from its target to the end.
+
+        Only the current head counts against max_header_size, not the requests pipelined
+        before it in the same read. llhttp gives no offsets, so the head is found by its
+        target (already received through on_url); a later copy of the target in the head
+        only makes the count smaller, by less than one read, which the next read adds.
+        """
+        url = self.url
+        if not url:
+            return 0  # still in the method name
+        start = data.rfind(url)
+        return len(data) - start if start >= 0 else len(data)
 
     def eof_received(self) -> bool:
         """A client may half-close after its request: answer it, then close."""
@@ -164,6 +183,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_head = True
+        self.head_began = True
         self.url = b""
         self.headers = []
         self.headers_size = 0
