@@ -121,27 +121,54 @@ def request_head(
     return RequestHead(b"".join(out), content_length, chunked)
 
 
+class ResponseHead:
+    """The start of the client's response head plus the backend's framing facts.
+
+    ``lines`` still lacks the framing, Connection and the blank line, which depend on the
+    client. ``chunked`` is true only when the backend's last transfer coding is chunked
+    (RFC 9112 6.3: otherwise its close ends the body); ``codings`` are its other transfer
+    codings (``gzip``), which the client needs to decode the body.
+    """
+
+    __slots__ = ("chunked", "codings", "content_length", "lines")
+
+    def __init__(
+        self, lines: list[bytes], content_length: bytes | None, chunked: bool, codings: bytes
+    ) -> None:
+        self.lines = lines
+        self.content_length = content_length
+        self.chunked = chunked
+        self.codings = codings
+
+
+def transfer_codings(values: list[bytes]) -> tuple[bool, bytes]:
+    """Split Transfer-Encoding values into (last coding is chunked, the other codings)."""
+    tokens = [t.strip() for value in values for t in value.split(b",") if t.strip()]
+    chunked = bool(tokens) and tokens[-1].lower() == b"chunked"
+    if chunked:
+        tokens.pop()
+    return chunked, b", ".join(tokens)
+
+
 def response_head(
     status: int,
     reason: bytes,
     headers: list[tuple[bytes, bytes]],
     extra: frozenset[bytes] = frozenset(),
-) -> tuple[list[bytes], bytes | None, bool]:
-    """Start the head sent to the client, in one pass over the backend's headers.
-
-    Returns the head lines so far (the caller adds framing, Connection and the blank
-    line), the backend's Content-Length and whether it sent a chunked body.
-    """
+) -> ResponseHead:
+    """Start the head sent to the client, in one pass over the backend's headers."""
     out = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
     content_length: bytes | None = None
     chunked = False
+    codings = b""
+    transfer: list[bytes] = []
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"content-length":
                 content_length = value
             elif lname == b"transfer-encoding":
-                chunked = True
+                transfer.append(value)
             elif lname == b"connection" and not extra:
                 named = extra_hop_by_hop(value)
                 if named:
@@ -150,7 +177,12 @@ def response_head(
         if extra and lname in extra:
             continue
         out += (name, b": ", value, b"\r\n")
-    return out, content_length, chunked
+    if transfer:
+        if transfer == [b"chunked"]:  # the usual case, without splitting
+            chunked = True
+        else:
+            chunked, codings = transfer_codings(transfer)
+    return ResponseHead(out, content_length, chunked, codings)
 
 
 def error_response(status: int, detail: str, keep_alive: bool = False) -> bytes:

@@ -553,7 +553,8 @@ class Exchange:
         if status == 101:
             self.backend_failed("backend switched protocols, which is not supported")
             return True
-        out, content_length, chunked = response_head(status, reason, headers)
+        head = response_head(status, reason, headers)
+        out, content_length = head.lines, head.content_length
         client = self.client
         if status < 200:
             self.interim = True
@@ -571,13 +572,19 @@ class Exchange:
             out += (b"Content-Length: ", content_length, b"\r\n")
         elif self.client_http11:
             # Chunked from the backend, or delimited by its close (php -S, HTTP/1.0
-            # backends): chunked towards the client, whose connection then stays open.
+            # backends, a last coding other than chunked): chunked towards the client,
+            # whose connection then stays open. Other codings (gzip) are kept, named.
             self.mode = CHUNKED
-            self.until_close = not chunked
-            out.append(b"Transfer-Encoding: chunked\r\n")
+            self.until_close = not head.chunked
+            if head.codings:
+                out += (b"Transfer-Encoding: ", head.codings, b", chunked\r\n")
+            else:
+                out.append(b"Transfer-Encoding: chunked\r\n")
         else:
             self.mode = UNTIL_CLOSE
-            self.until_close = not chunked
+            self.until_close = not head.chunked
+            if head.codings:  # the body is still gzip (say): without its name it is lost
+                out += (b"Transfer-Encoding: ", head.codings, b"\r\n")
         self.keep_alive = (
             self.client_keep_alive
             and self.mode != UNTIL_CLOSE
