@@ -36,6 +36,14 @@ class BadRequest(Exception):
         self.detail = detail
 
 
+def parsed_length(value: bytes) -> bytes:
+    """A Content-Length as the number it means (``003`` is ``3``), as HAProxy and nginx send it.
+
+    llhttp has already refused anything but digits, so only leading zeros can differ.
+    """
+    return b"%d" % int(value) if len(value) > 1 and value[0] == 48 else value  # 48: b"0"
+
+
 def extra_hop_by_hop(value: bytes) -> frozenset[bytes]:
     """Header names listed in a Connection value, beyond the standard hop-by-hop ones."""
     if value in _PLAIN_CONNECTION:
@@ -80,7 +88,7 @@ def request_head(
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"content-length":
-                content_length = value
+                content_length = parsed_length(value)
             elif lname == b"transfer-encoding":
                 # llhttp accepts any list ending in chunked ("gzip, chunked"); the body
                 # is re-framed as plain chunked, so any other coding would be lost.
@@ -166,7 +174,7 @@ def response_head(
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"content-length":
-                content_length = value
+                content_length = parsed_length(value)
             elif lname == b"transfer-encoding":
                 transfer.append(value)
             elif lname == b"connection" and not extra:

@@ -10,6 +10,7 @@ exposes a few test endpoints:
   /until-close       a body delimited by closing the connection (as php -S does)
   /coded?chunked=1   a gzip-compressed body sent with Transfer-Encoding: gzip (ended by the
                      close) or gzip, chunked
+  /zero-padded       answers with a Content-Length of 00N
   /die?who=NAME      the backend called NAME exits without answering
   /_count            requests and bytes received so far (not counting this request)
   /health            503 while the file $SICK_DIR/NAME exists, else 200
@@ -144,6 +145,10 @@ class Handler(asyncio.Protocol):
             else:
                 self.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n" + body)
                 self.transport.close()
+        elif path == "/zero-padded":  # a valid Content-Length with leading zeros
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 00%d\r\n\r\n%s" % (len(NAME), NAME)
+            )
         elif path == "/nocontent":
             self.transport.write(b"HTTP/1.1 204 No Content\r\nX-Backend: %s\r\n\r\n" % NAME)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import socket
 from typing import BinaryIO
 
@@ -61,3 +62,20 @@ def test_an_http10_client_gets_the_gzip_coded_body_delimited_by_the_close(
         assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close" in head
         assert b"\r\nTransfer-Encoding: gzip\r\n" in head + b"\r\n", head
         assert gzip.decompress(body) == b"b1" + CODED
+
+
+def test_a_content_length_is_forwarded_as_the_number_it_parsed_to(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    """``003`` goes out as ``3`` both ways (HAProxy and nginx send the parsed value too)."""
+    balancer = start_balancer(backends[:1])
+    with socket.create_connection(("127.0.0.1", balancer.port), 30) as sock:
+        stream = sock.makefile("rb")
+        sock.sendall(b"POST /headers HTTP/1.1\r\nHost: t\r\nContent-Length: 003\r\n\r\nabc")
+        status, _, body = read_response(stream)
+        assert status.startswith(b"HTTP/1.1 200 ")
+        seen = {n.lower(): v for n, v in json.loads(body)["headers"]}
+        assert seen["content-length"] == "3"
+        sock.sendall(b"GET /zero-padded HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        status, headers, body = read_response(stream)
+        assert headers[b"content-length"] == b"2" and body == b"b1"
