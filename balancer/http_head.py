@@ -21,7 +21,10 @@ HOP_BY_HOP = frozenset(
         b"content-length",
     }
 )
-SET_BY_PROXY = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Headers about the client and the way it came in: believed only from a trusted proxy.
+SET_BY_PROXY = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
+)
 _PLAIN_CONNECTION = frozenset({b"close", b"keep-alive", b"Keep-Alive", b"Close"})
 _NOTHING: frozenset[bytes] = frozenset()
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
@@ -70,6 +73,7 @@ def request_head(
     require_host: bool = True,
     extra: frozenset[bytes] = frozenset(),
     default_host: bytes = b"",
+    trusted: bool = False,
 ) -> RequestHead:
     """Build the HTTP/1.1 head sent to a backend, in one pass over the headers.
 
@@ -78,12 +82,18 @@ def request_head(
     ``chunked``. An HTTP/1.0 request may come without Host; the HTTP/1.1 request made
     of it gets `default_host` (the address the client connected to), since HTTP/1.1
     requires one.
+
+    From a `trusted` peer (a proxy in front), the client's address is appended to its
+    X-Forwarded-For and its X-Forwarded-Proto, X-Forwarded-Host, Forwarded and X-Real-IP
+    pass; from any other peer (the edge) they are what a client says about itself, so
+    X-Forwarded-* are replaced and Forwarded and X-Real-IP dropped.
     """
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
     host: bytes | None = None
     content_length: bytes | None = None
     chunked = False
     forwarded_for: list[bytes] = []
+    proto = forwarded_host = b""
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
@@ -99,13 +109,22 @@ def request_head(
                 named = extra_hop_by_hop(value)
                 if named:  # rare: start again, dropping the headers it names
                     return request_head(
-                        method, target, headers, client_ip, require_host, named, default_host
-                    )
+                        method, target, headers, client_ip, require_host, named, default_host,
+                        trusted,
+                    )  # fmt: skip
             continue
         if lname in SET_BY_PROXY:
+            if not trusted or (extra and lname in extra):
+                continue
             if lname == b"x-forwarded-for":
                 forwarded_for.append(value)
-            continue
+                continue
+            if lname == b"x-forwarded-proto":
+                proto = value if not proto else proto + b", " + value
+                continue
+            if lname == b"x-forwarded-host":
+                forwarded_host = value if not forwarded_host else forwarded_host + b", " + value
+                continue
         if lname == b"host":
             if host is not None:
                 raise BadRequest(400, "more than one Host header")
@@ -113,14 +132,19 @@ def request_head(
         elif extra and lname in extra:
             continue
         out += (name, b": ", value, b"\r\n")
-    if host is not None:
-        out += (b"X-Forwarded-Host: ", host, b"\r\n")
-    elif require_host:
-        raise BadRequest(400, "missing Host header")
-    elif default_host:
-        out += (b"Host: ", default_host, b"\r\n")
+    if host is None:
+        if require_host:
+            raise BadRequest(400, "missing Host header")
+        if default_host:
+            out += (b"Host: ", default_host, b"\r\n")
+    original_host = forwarded_host or host
+    if original_host is not None:
+        out += (b"X-Forwarded-Host: ", original_host, b"\r\n")
     forwarded_for.append(client_ip)
-    out += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\nX-Forwarded-Proto: http\r\n")
+    out += (
+        b"X-Forwarded-For: ", b", ".join(forwarded_for),
+        b"\r\nX-Forwarded-Proto: ", proto or b"http", b"\r\n",
+    )  # fmt: skip
     if chunked:
         out.append(b"Transfer-Encoding: chunked\r\n")
     elif content_length is not None:

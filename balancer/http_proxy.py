@@ -42,6 +42,8 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
+        #: the peer is a trusted proxy: its X-Forwarded-* are kept (appended to)
+        self.trusted = False
         #: what an HTTP/1.0 request without Host is forwarded with as its Host
         self.local_address = b""
         self.url = b""
@@ -68,6 +70,8 @@ class ClientConnection(asyncio.Protocol):
         fe.total_connections += 1
         peer = transport.get_extra_info("peername")
         self.client_ip = str(peer[0]).encode("ascii") if peer else b"unknown"
+        if fe.trusted_proxies and peer:
+            self.trusted = fe.is_trusted(str(peer[0]))
         local = transport.get_extra_info("sockname")
         if isinstance(local, tuple) and len(local) >= 2:
             host = f"[{local[0]}]" if ":" in str(local[0]) else str(local[0])
@@ -221,7 +225,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             head = request_head(
                 method, self.url, self.headers, self.client_ip, http11,
-                default_host=self.local_address,
+                default_host=self.local_address, trusted=self.trusted,
             )  # fmt: skip
         except BadRequest as exc:
             self.error = exc
