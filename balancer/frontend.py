@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import time
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ from balancer.config import Settings
 from balancer.pool import BackendPool
 
 SWEEP_MAX = 0.25
+INF = math.inf  # a deadline that never comes
 
 
 class Swept(Protocol):
