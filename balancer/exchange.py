@@ -229,8 +229,7 @@ class Exchange:
         if status == 101:
             self.backend_failed("backend switched protocols, which is not supported")
             return True
-        head = response_head(status, reason, headers)
-        out, content_length = head.lines, head.content_length
+        out, content_length, chunked, codings = response_head(status, reason, headers)
         client = self.client
         if status < 200:
             self.interim = True
@@ -251,16 +250,16 @@ class Exchange:
             # backends, a last coding other than chunked): chunked towards the client,
             # whose connection then stays open. Other codings (gzip) are kept, named.
             self.mode = CHUNKED
-            self.until_close = not head.chunked
-            if head.codings:
-                out += (b"Transfer-Encoding: ", head.codings, b", chunked\r\n")
+            self.until_close = not chunked
+            if codings:
+                out += (b"Transfer-Encoding: ", codings, b", chunked\r\n")
             else:
                 out.append(b"Transfer-Encoding: chunked\r\n")
         else:
             self.mode = UNTIL_CLOSE
-            self.until_close = not head.chunked
-            if head.codings:  # the body is still gzip (say): without its name it is lost
-                out += (b"Transfer-Encoding: ", head.codings, b"\r\n")
+            self.until_close = not chunked
+            if codings:  # the body is still gzip (say): without its name it is lost
+                out += (b"Transfer-Encoding: ", codings, b"\r\n")
         self.keep_alive = (
             self.client_keep_alive
             and self.mode != UNTIL_CLOSE

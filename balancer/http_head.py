@@ -153,24 +153,12 @@ def request_head(
     return RequestHead(b"".join(out), content_length, chunked)
 
 
-class ResponseHead:
-    """The start of the client's response head plus the backend's framing facts.
-
-    ``lines`` still lacks the framing, Connection and the blank line, which depend on the
-    client. ``chunked`` is true only when the backend's last transfer coding is chunked
-    (RFC 9112 6.3: otherwise its close ends the body); ``codings`` are its other transfer
-    codings (``gzip``), which the client needs to decode the body.
-    """
-
-    __slots__ = ("chunked", "codings", "content_length", "lines")
-
-    def __init__(
-        self, lines: list[bytes], content_length: bytes | None, chunked: bool, codings: bytes
-    ) -> None:
-        self.lines = lines
-        self.content_length = content_length
-        self.chunked = chunked
-        self.codings = codings
+# What response_head returns: the head lines so far (the caller adds the framing,
+# Connection and the blank line, which depend on the client), the backend's
+# Content-Length, whether its body is chunked (only when its last transfer coding is
+# chunked, RFC 9112 6.3: otherwise its close ends the body), and its other transfer
+# codings ("gzip"), which the client needs to decode the body. A tuple: one per response.
+ResponseHead = tuple[list[bytes], bytes | None, bool, bytes]
 
 
 def transfer_codings(values: list[bytes]) -> tuple[bool, bytes]:
@@ -193,14 +181,17 @@ def response_head(
     content_length: bytes | None = None
     chunked = False
     codings = b""
-    transfer: list[bytes] = []
+    transfer: list[bytes] | None = None
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"content-length":
                 content_length = parsed_length(value)
             elif lname == b"transfer-encoding":
-                transfer.append(value)
+                if transfer is None:
+                    transfer = [value]
+                else:
+                    transfer.append(value)
             elif lname == b"connection" and not extra:
                 named = extra_hop_by_hop(value)
                 if named:
@@ -209,12 +200,12 @@ def response_head(
         if extra and lname in extra:
             continue
         out += (name, b": ", value, b"\r\n")
-    if transfer:
+    if transfer is not None:
         if transfer == [b"chunked"]:  # the usual case, without splitting
             chunked = True
         else:
             chunked, codings = transfer_codings(transfer)
-    return ResponseHead(out, content_length, chunked, codings)
+    return out, content_length, chunked, codings
 
 
 def error_response(status: int, detail: str, keep_alive: bool = False) -> bytes:
