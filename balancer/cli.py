@@ -19,6 +19,7 @@ from balancer.config import (
     load_file,
     parse_backend,
     parse_hostport,
+    parse_networks,
     validate,
 )
 
@@ -65,6 +66,14 @@ def build_parser() -> Parser:
         help="add an X-Balancer-Backend response header naming the backend (for debugging)",
     )
     p.add_argument("--pidfile", metavar="FILE", help="write the process id to FILE")
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        metavar="CIDR",
+        help="a proxy in front (address or CIDR, repeatable, or comma-separated) whose"
+        " X-Forwarded-For is appended to and X-Forwarded-Proto kept; from any other peer"
+        " they are replaced and Forwarded/X-Real-IP dropped (default: none trusted)",
+    )
     t = p.add_argument_group("timeouts (seconds)")
     t.add_argument("--connect-timeout", type=float, metavar="S", help="connect to a backend (3)")
     t.add_argument(
@@ -134,6 +143,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for name in ("debug_header", "pidfile"):
         if name in given:
             settings = replace(settings, **{name: given[name]})
+    if "trusted_proxy" in given:
+        networks = parse_networks([n for text in given["trusted_proxy"] for n in text.split(",")])
+        settings = replace(settings, trusted_proxies=networks)
     if "workers" in given:
         if not 1 <= given["workers"] <= 64:
             raise ConfigError("--workers must be between 1 and 64")

@@ -6,12 +6,14 @@ is opened, and so that SIGHUP can re-read the file with the same code.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 DEFAULT_BACKEND_PORT = 80
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(ValueError):
@@ -88,6 +90,8 @@ class Settings:
     debug: bool = False
     pidfile: str = ""
     config_file: str = ""
+    #: proxies in front whose X-Forwarded-* are believed (nginx's set_real_ip_from)
+    trusted_proxies: tuple[Network, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     health: Health = field(default_factory=Health)
@@ -152,6 +156,25 @@ def parse_backend(text: str) -> BackendSpec:
     return BackendSpec(host, port, weight, name)
 
 
+def parse_networks(items: Any) -> tuple[Network, ...]:
+    """Parse addresses or CIDR blocks (``10.0.0.0/8``, ``192.0.2.7``, ``::1``), or a list.
+
+    A string may hold several, separated by commas. An address is a block of one.
+    """
+    if isinstance(items, str):
+        items = items.split(",")
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"trusted_proxies must be a list of addresses, got {items!r}")
+    networks = []
+    for item in items:
+        text = str(item).strip()
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ConfigError(f"invalid trusted proxy address {text!r}") from None
+    return tuple(networks)
+
+
 def _int_in(value: Any, low: int, high: int, what: str) -> int:
     try:
         number = int(value)
@@ -168,7 +191,10 @@ def _seconds(value: Any, what: str) -> float:
     return float(value)
 
 
-_TOP_KEYS = {"listen", "mode", "workers", "stats", "debug_header", "pidfile", "backend"}
+_TOP_KEYS = {
+    *("listen", "mode", "workers", "stats", "debug_header", "pidfile", "backend"),
+    "trusted_proxies",
+}
 _SECTIONS: dict[str, set[str]] = {
     "timeouts": {"connect", "server", "idle", "header", "drain", "backend_idle"},
     "limits": {"max_connections", "max_header_size", "max_headers", "retries", "pool_size"},
@@ -215,6 +241,8 @@ def apply_mapping(settings: Settings, data: dict[str, Any]) -> Settings:
         changes["pidfile"] = str(data["pidfile"])
     if "backend" in data:
         changes["backends"] = _backends_from(data["backend"])
+    if "trusted_proxies" in data:
+        changes["trusted_proxies"] = parse_networks(data["trusted_proxies"])
     for section, keys in _SECTIONS.items():
         if section not in data:
             continue

@@ -8,6 +8,8 @@ setting a deadline is then a float assignment on the hot path.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import math
 import time
 from typing import Any, Protocol
 
@@ -15,6 +17,7 @@ from balancer.config import Settings
 from balancer.pool import BackendPool
 
 SWEEP_MAX = 0.25
+INF = math.inf  # a deadline that never comes
 
 
 class Swept(Protocol):
@@ -39,6 +42,7 @@ class Frontend:
         self.log_requests = settings.debug  # -d: one log line per request
         if settings.debug_header:
             self.debug_header = settings.debug_header.encode("ascii") + b": "
+        self.trusted_proxies = settings.trusted_proxies
         self.started = time.time()
         self.total_connections = 0
         self.rejected_connections = 0
@@ -68,6 +72,16 @@ class Frontend:
                 for idle in backend.idle[:]:
                     if now - idle.idle_since > backend_idle:
                         idle.close()
+
+    def is_trusted(self, peer: str) -> bool:
+        """Whether a peer address is one of the trusted proxies (once per connection)."""
+        try:
+            address = ipaddress.ip_address(peer.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.trusted_proxies)
 
     def begin_drain(self) -> None:
         """Stop taking new requests: idle connections close now, busy ones after their reply."""

@@ -16,10 +16,10 @@ import signal
 import socket
 from typing import Any
 
+from balancer.client_connection import ClientConnection
 from balancer.config import ConfigError, Settings, load_file, validate
 from balancer.frontend import Frontend
 from balancer.health import run_checks
-from balancer.http_proxy import ClientConnection
 from balancer.pool import BackendPool
 from balancer.stats import Snapshot, merge, serve_stats
 from balancer.tcp_proxy import TcpClient

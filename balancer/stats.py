@@ -11,10 +11,18 @@ import html
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import httptools
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 from balancer.pool import LATENCY_BUCKETS
 
@@ -88,65 +96,89 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None or seconds == float("inf") else round(seconds * 1000, 3)
 
 
+# (snapshot key, metric name, help) of the frontend counters
+_FRONTEND_COUNTERS = (
+    ("total_connections", "balancer_connections_accepted", "Client connections accepted."),
+    ("rejected_connections", "balancer_connections_rejected", "Refused at max_connections."),
+    ("requests", "balancer_requests", "Requests (HTTP) or connections (TCP) received."),
+    ("bad_requests", "balancer_bad_requests", "Requests refused by the parser or limits."),
+    ("no_backend", "balancer_no_backend", "Answered 502/503: no backend could take them."),
+    ("timeouts", "balancer_timeouts", "Client or backend timeouts."),
+)
+# (snapshot key, is a counter, help) of the per-backend figures
+_BACKEND_VALUES = (
+    ("active", False, "Requests in flight."),
+    ("idle", False, "Idle pooled keep-alive connections."),
+    ("requests", True, "Requests sent."),
+    ("errors", True, "Failed exchanges (reset, timeout, invalid response)."),
+    ("failures", True, "Failed connection attempts."),
+    ("retries", True, "Requests moved to another backend."),
+)
+_LABELS = ("backend", "address")
+
+
+class SnapshotCollector(Collector):
+    """The metric families of one snapshot, for prometheus_client to write out.
+
+    The balancer keeps its figures in plain attributes (no lock, no registry on the
+    request path) and a snapshot may be the sum of several workers, so the families are
+    built when /metrics is asked for, not kept up to date as they change.
+    """
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snap
+        yield GaugeMetricFamily(
+            "balancer_connections", "Open client connections.", value=snap["connections"]
+        )
+        for key, name, text in _FRONTEND_COUNTERS:
+            yield CounterMetricFamily(name, text, value=snap[key])
+        backends = snap["backends"]
+        up = GaugeMetricFamily(
+            "balancer_backend_up", "1 when the backend is in the rotation.", labels=_LABELS
+        )
+        for b in backends:
+            up.add_metric(_label_values(b), 1 if b["state"] == "UP" else 0)
+        yield up
+        for key, counter, text in _BACKEND_VALUES:
+            family: GaugeMetricFamily | CounterMetricFamily
+            if counter:
+                family = CounterMetricFamily(f"balancer_backend_{key}", text, labels=_LABELS)
+            else:
+                family = GaugeMetricFamily(f"balancer_backend_{key}", text, labels=_LABELS)
+            for b in backends:
+                family.add_metric(_label_values(b), b[key])
+            yield family
+        responses = CounterMetricFamily(
+            "balancer_backend_responses", "Responses by status class.", labels=(*_LABELS, "code")
+        )
+        for b in backends:
+            for cls, count in b["responses"].items():
+                responses.add_metric([*_label_values(b), cls], count)
+        yield responses
+        latency = HistogramMetricFamily(
+            "balancer_backend_response_seconds", "Time to the first response byte.", labels=_LABELS
+        )
+        for b in backends:
+            lat, cumulative, buckets = b["latency"], 0, []
+            for bound, count in zip([*LATENCY_BUCKETS, "+Inf"], lat["counts"], strict=True):
+                cumulative += count
+                buckets.append((str(bound), cumulative))
+            latency.add_metric(_label_values(b), buckets, lat["sum"])
+        yield latency
+
+
+def _label_values(b: Snapshot) -> list[str]:
+    return [b["name"], b["address"]]
+
+
 def render_metrics(snap: Snapshot) -> bytes:
-    """Prometheus text exposition format, written by hand to need no client library."""
-    lines = []
-
-    def metric(name: str, kind: str, help_text: str) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-
-    metric("balancer_connections", "gauge", "Open client connections.")
-    lines.append(f"balancer_connections {snap['connections']}")
-    for key, name, text in (
-        ("total_connections", "connections_accepted", "Client connections accepted."),
-        ("rejected_connections", "connections_rejected", "Refused at max_connections."),
-        ("requests", "requests", "Requests (HTTP) or connections (TCP) received."),
-        ("bad_requests", "bad_requests", "Requests refused by the parser or limits."),
-        ("no_backend", "no_backend", "Answered 502/503: no backend could take them."),
-        ("timeouts", "timeouts", "Client or backend timeouts."),
-    ):
-        metric(f"balancer_{name}_total", "counter", text)
-        lines.append(f"balancer_{name}_total {snap[key]}")
-    metric("balancer_backend_up", "gauge", "1 when the backend is in the rotation.")
-    for b in snap["backends"]:
-        lines.append(f"balancer_backend_up{_labels(b)} {1 if b['state'] == 'UP' else 0}")
-    for key, kind, text in (
-        ("active", "gauge", "Requests in flight."),
-        ("idle", "gauge", "Idle pooled keep-alive connections."),
-        ("requests", "counter", "Requests sent."),
-        ("errors", "counter", "Failed exchanges (reset, timeout, invalid response)."),
-        ("failures", "counter", "Failed connection attempts."),
-        ("retries", "counter", "Requests moved to another backend."),
-    ):
-        name = f"balancer_backend_{key}" + ("_total" if kind == "counter" else "")
-        metric(name, kind, text)
-        for b in snap["backends"]:
-            lines.append(f"{name}{_labels(b)} {b[key]}")
-    metric("balancer_backend_responses_total", "counter", "Responses by status class.")
-    for b in snap["backends"]:
-        for cls, count in b["responses"].items():
-            lines.append(f"balancer_backend_responses_total{_labels(b, code=cls)} {count}")
-    name = "balancer_backend_response_seconds"
-    metric(name, "histogram", "Time to the first response byte.")
-    for b in snap["backends"]:
-        lat, cumulative = b["latency"], 0
-        for bound, count in zip([*LATENCY_BUCKETS, "+Inf"], lat["counts"], strict=True):
-            cumulative += count
-            lines.append(f"{name}_bucket{_labels(b, le=str(bound))} {cumulative}")
-        lines.append(f"{name}_sum{_labels(b)} {lat['sum']}")
-        lines.append(f"{name}_count{_labels(b)} {lat['count']}")
-    return ("\n".join(lines) + "\n").encode()
-
-
-def _labels(b: Snapshot, **extra: str) -> str:
-    pairs = {"backend": b["name"], "address": b["address"], **extra}
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs.items())
-    return "{" + inner + "}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """Prometheus text exposition of a snapshot, written by prometheus_client."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snap))
+    return generate_latest(registry)
 
 
 def render_html(snap: Snapshot) -> bytes:
@@ -226,7 +258,7 @@ class StatsProtocol(asyncio.Protocol):
         elif path in ("/stats", "/stats.json"):
             self._send(200, "application/json", render_json(self.provider()))
         elif path == "/metrics":
-            self._send(200, "text/plain; version=0.0.4", render_metrics(self.provider()))
+            self._send(200, CONTENT_TYPE_LATEST, render_metrics(self.provider()))
         else:
             self._send(404, "text/plain", b"not found: try /, /stats or /metrics\n")
 

@@ -8,6 +8,9 @@ exposes a few test endpoints:
   /download?n=BYTES&chunked=1   streams BYTES bytes (Content-Length unless chunked=1)
   /upload            (any method with a body) answers with the body byte count
   /until-close       a body delimited by closing the connection (as php -S does)
+  /coded?chunked=1   a gzip-compressed body sent with Transfer-Encoding: gzip (ended by the
+                     close) or gzip, chunked
+  /zero-padded       answers with a Content-Length of 00N
   /die?who=NAME      the backend called NAME exits without answering
   /_count            requests and bytes received so far (not counting this request)
   /health            503 while the file $SICK_DIR/NAME exists, else 200
@@ -17,6 +20,7 @@ exposes a few test endpoints:
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import sys
@@ -133,6 +137,18 @@ class Handler(asyncio.Protocol):
         elif path == "/until-close":  # like php -S: no Content-Length, the close ends it
             self.transport.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + NAME)
             self.transport.close()
+        elif path == "/coded":  # a gzip transfer coding: ended by the close, or chunked
+            body = gzip.compress(NAME + b" " + b"z" * 100_000)
+            if query.get("chunked") == "1":
+                head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                self.transport.write(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            else:
+                self.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n" + body)
+                self.transport.close()
+        elif path == "/zero-padded":  # a valid Content-Length with leading zeros
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 00%d\r\n\r\n%s" % (len(NAME), NAME)
+            )
         elif path == "/nocontent":
             self.transport.write(b"HTTP/1.1 204 No Content\r\nX-Backend: %s\r\n\r\n" % NAME)
         else:

@@ -46,6 +46,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["-f", "--workers", "0", "8080", "b"], "--workers must be between 1 and 64"),
         (["-f", "--connect-timeout", "-1", "8080", "b"], "must not be negative"),
         (["-f", "--check-path", "health", "8080", "b"], "--check-path must start with /"),
+        (["-f", "--trusted-proxy", "10.0.0.0/33", "8080", "b"], "invalid trusted proxy address"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(args: list[str], message: str) -> None:
@@ -63,6 +64,8 @@ def test_bad_input_is_one_line_and_status_2(args: list[str], message: str) -> No
         ('[timeouts]\nconect = 3\n[[backend]]\naddress = "b"\n', "unknown key(s) in [timeouts]"),
         ('listen = "8080"\n[[backend]]\nport = 80\n', "each [[backend]] needs an address"),
         ('mode = "udp"\n', "mode must be 'http' or 'tcp'"),
+        ('trusted_proxies = ["proxy.lan"]\n', "invalid trusted proxy address 'proxy.lan'"),
+        ("trusted_proxies = 10\n", "trusted_proxies must be a list"),
     ],
 )
 def test_bad_config_files_are_one_line_and_status_2(
@@ -83,6 +86,7 @@ def test_help_explains_every_option() -> None:
         "--stats", "--debug-header", "--connect-timeout", "--server-timeout", "--idle-timeout",
         "--header-timeout", "--drain-timeout", "--max-conn", "--max-header-size", "--retries",
         "--check-path", "--check-interval", "--rise", "--fall", "--slowstart", "weight=N",
+        "--trusted-proxy",
     ):  # fmt: skip
         assert option in result.stdout
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.balancer.conftest import (
     FAST_CHECKS,
     BackendProcess,
+    Balancer,
     StartBalancer,
     get,
     raw_exchange,
@@ -209,6 +210,17 @@ def test_sigterm_drains_in_flight_requests_then_exits(
     assert "draining 9 connection(s)" in log and "Traceback" not in log
 
 
+def assert_nothing_active(balancer: Balancer) -> None:
+    """Every way an exchange ends gives its backend's active count back (polled: the
+    balancer may still be finishing the bookkeeping when the client has its answer)."""
+    for _ in range(200):
+        active = {b["name"]: b["active"] for b in balancer.stats()["backends"]}
+        if not any(active.values()):
+            return
+        threading.Event().wait(0.05)
+    raise AssertionError(f"requests still counted as active: {active}")
+
+
 def test_only_idempotent_requests_are_retried_once_they_reached_a_backend(
     backends: list[BackendProcess], start_balancer: StartBalancer
 ) -> None:
@@ -225,6 +237,7 @@ def test_only_idempotent_requests_are_retried_once_they_reached_a_backend(
     assert b"backend b3" in response.read()
     conn.close()
     assert backends[1].count()["requests"] == 1  # only the retried GET
+    assert_nothing_active(balancer)
 
 
 def test_a_backend_that_does_not_answer_in_time_gives_504(
@@ -234,6 +247,7 @@ def test_a_backend_that_does_not_answer_in_time_gives_504(
     answer = raw_exchange(balancer.port, b"GET /slow?s=5 HTTP/1.1\r\nHost: t\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 504 ")
     assert get(balancer.port) == "b1"
+    assert_nothing_active(balancer)
 
 
 def test_a_client_that_stops_reading_is_cut_off(
@@ -253,6 +267,7 @@ def test_a_client_that_stops_reading_is_cut_off(
     finally:
         sock.close()
     assert get(balancer.port) == "b1"
+    assert_nothing_active(balancer)
 
 
 def test_tcp_mode_skips_a_dead_backend_and_streams(

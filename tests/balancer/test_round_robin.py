@@ -7,6 +7,8 @@ import json
 import socket
 from collections import Counter
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.balancer.conftest import BackendProcess, StartBalancer, get, raw_exchange
 
 
@@ -104,7 +106,7 @@ def test_forwarded_headers_are_set_and_hop_by_hop_headers_dropped(
     headers = {name.lower(): value for name, value in seen["headers"]}
     names = [name.lower() for name, _ in seen["headers"]]
     assert len(names) == len(set(names)), f"a header was sent twice: {names}"
-    assert headers["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert headers["x-forwarded-for"] == "127.0.0.1"  # at the edge: replaced
     assert headers["x-forwarded-proto"] == "http"
     assert headers["x-forwarded-host"] == "shop.example:8080"
     assert headers["host"] == "shop.example:8080"
@@ -179,10 +181,72 @@ def test_a_stats_port_serves_json_html_and_prometheus(
     assert balancer.backend_states() == {"b1": "UP", "b2": "UP", "b3": "UP"}
     with socket.create_connection(("127.0.0.1", balancer.stats_port), 10):
         pass
-    for path, needle in (("/", b"<table>"), ("/metrics", b'balancer_backend_up{backend="b1"')):
+    for path, needle in (("/", b"<table>"), ("/metrics", b"# TYPE balancer_backend_up gauge")):
         conn = http.client.HTTPConnection("127.0.0.1", balancer.stats_port, timeout=10)
         conn.request("GET", path)
         response = conn.getresponse()
         assert response.status == 200
         assert needle in response.read()
         conn.close()
+
+
+# The families docs/balancer.md lists, with their Prometheus types.
+METRICS = {
+    "balancer_connections": "gauge",
+    "balancer_connections_accepted": "counter",
+    "balancer_connections_rejected": "counter",
+    "balancer_requests": "counter",
+    "balancer_bad_requests": "counter",
+    "balancer_no_backend": "counter",
+    "balancer_timeouts": "counter",
+    "balancer_backend_up": "gauge",
+    "balancer_backend_active": "gauge",
+    "balancer_backend_idle": "gauge",
+    "balancer_backend_requests": "counter",
+    "balancer_backend_errors": "counter",
+    "balancer_backend_failures": "counter",
+    "balancer_backend_retries": "counter",
+    "balancer_backend_responses": "counter",
+    "balancer_backend_response_seconds": "histogram",
+}
+
+
+def test_prometheus_metrics_keep_their_names_and_meanings(
+    backends: list[BackendProcess], start_balancer: StartBalancer
+) -> None:
+    balancer = start_balancer(backends)
+    for _ in range(6):
+        get(balancer.port)
+    raw_exchange(balancer.port, b"GET / HTTP/1.1\r\n\r\n")  # no Host: a bad request
+    conn = http.client.HTTPConnection("127.0.0.1", balancer.stats_port, timeout=10)
+    conn.request("GET", "/metrics")
+    response = conn.getresponse()
+    assert response.getheader("Content-Type", "").startswith("text/plain")
+    text = response.read().decode()
+    conn.close()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {name: f.type for name, f in families.items()} == METRICS
+
+    def value(sample: str, **labels: str) -> float:
+        found = [
+            s.value
+            for f in families.values()
+            for s in f.samples
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+        assert len(found) == 1, (sample, labels, found)
+        return found[0]
+
+    assert value("balancer_requests_total") == 6  # the bad one is not forwarded
+    assert value("balancer_bad_requests_total") == 1
+    assert value("balancer_connections_accepted_total") >= 7
+    for name in ("b1", "b2", "b3"):
+        address = next(b.address for b in backends if b.name == name)
+        assert value("balancer_backend_up", backend=name, address=address) == 1
+        assert value("balancer_backend_requests_total", backend=name) == 2
+        assert value("balancer_backend_responses_total", backend=name, code="2xx") == 2
+        assert value("balancer_backend_responses_total", backend=name, code="5xx") == 0
+        assert value("balancer_backend_active", backend=name) == 0
+        assert value("balancer_backend_response_seconds_count", backend=name) == 2
+        assert value("balancer_backend_response_seconds_bucket", backend=name, le="+Inf") == 2
+        assert value("balancer_backend_response_seconds_sum", backend=name) > 0

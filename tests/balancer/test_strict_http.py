@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -111,6 +112,60 @@ def test_oversized_headers_get_431(
     endless = b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000
     assert raw_exchange(balancer.port, endless).startswith(b"HTTP/1.1 431 ")
     assert one_backend.count() == before
+
+
+def pipeline(port: int, data: bytes, timeout: float = 120.0) -> bytes:
+    """Send ``data`` from a thread while reading every answer until the balancer closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(data,), daemon=True)
+        sender.start()
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(1 << 20)
+            except ConnectionResetError:  # closed while the rest was still arriving
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        sender.join(timeout)
+        return b"".join(chunks)
+
+
+def test_a_long_pipeline_is_answered_in_full(
+    one_backend: BackendProcess, start_balancer: StartBalancer
+) -> None:
+    """20,000 GETs on one connection: only the current head counts against the limit."""
+    balancer = start_balancer([one_backend])
+    count = 20_000
+    request = b"GET / HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"p" * 40 + b"\r\n\r\n"
+    last = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    answer = pipeline(balancer.port, request * (count - 1) + last)
+    assert answer.count(b"HTTP/1.1 200 ") == count, answer[-300:]
+    assert b"431" not in answer
+
+
+def test_the_head_limit_counts_the_current_head_exactly(
+    one_backend: BackendProcess, start_balancer: StartBalancer
+) -> None:
+    """Complete requests before a head in the same write do not count; the head itself does."""
+    balancer = start_balancer([one_backend], "--max-header-size", "4096")
+    before = b"GET / HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"p" * 3000 + b"\r\n\r\n"
+    fits = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Pad: " + b"q" * 3000
+    # The last head arrives in two writes, its first part behind two complete requests.
+    with socket.create_connection(("127.0.0.1", balancer.port), 30) as sock:
+        sock.sendall(before * 2 + fits)
+        time.sleep(0.2)
+        sock.sendall(b"\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200 ") == 3, answer[-300:]
+    # A head that never ends behind complete requests is still cut off at the limit.
+    endless = b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 5000
+    answer = raw_exchange(balancer.port, before + endless)
+    assert answer.count(b"HTTP/1.1 200 ") == 1
+    assert b"HTTP/1.1 431 " in answer
 
 
 def test_websocket_upgrade_is_refused(
