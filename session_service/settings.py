@@ -60,6 +60,19 @@ class Settings(BaseSettings):
         "the connection opens or the request begins), and then again its body; then 408 "
         "and the connection closed",
     )
+    first_byte_timeout: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="seconds a new connection has to send its first byte (at most "
+        "request_read_timeout); then 408 and the connection closed",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="open client connections per worker process; at the limit the oldest "
+        "idle one (kept alive, or no byte sent yet) is closed for a new one, else the new "
+        "one is answered 503 and closed",
+    )
     tokens: str = Field(
         default="",
         description='bearer tokens, "namespace:secret,..."; a bare secret means namespace default',
