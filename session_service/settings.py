@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         "the connection opens or the request begins), and then again its body; then 408 "
         "and the connection closed",
     )
+    http_server: str = Field(
+        default="lean",
+        description="lean: the service's own HTTP protocol on uvicorn's (a fast path for "
+        "/v1/sessions, the wire limits below); uvicorn: stock uvicorn serving the FastAPI "
+        "app (slower, only uvicorn's own limits), e.g. when a uvicorn upgrade fails "
+        "tests/test_uvicorn_coupling.py",
+    )
     first_byte_timeout: float = Field(
         default=5.0,
         gt=0.0,
@@ -154,6 +161,14 @@ class Settings(BaseSettings):
         value = value.lower()
         if value not in {"debug", "info", "warning", "error", "critical"}:
             raise ValueError("must be debug, info, warning, error or critical")
+        return value
+
+    @field_validator("http_server")
+    @classmethod
+    def _known_server(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"lean", "uvicorn"}:
+            raise ValueError("must be lean or uvicorn")
         return value
 
     @field_validator("db_url")
