@@ -331,10 +331,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._refused or self.transport.is_closing():
             return
         self._refused = True
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete:
+            self.transport.close()  # answered before its body ended: just stop reading
+            return
         log.warning("refused trailer fields over %d bytes or %d fields (431)",
                     MAX_HEAD_BYTES, MAX_HEADER_FIELDS)  # fmt: skip
-        cycle = self.cycle  # its handler sees the client gone
-        if cycle is not None and not cycle.response_complete:
+        if cycle is not None:  # its handler sees the client gone
             cycle.disconnected = True
             cycle.message_event.set()
         self.cycle = _CLOSED
