@@ -180,6 +180,9 @@ def _run_uvicorn(settings: Settings) -> None:
         access_log=False,
         loop="auto",
         http=_lean_protocol() if http == "lean" else http,
+        # no WebSocket endpoint: an upgrade request is a plain request (a connection
+        # handed to a WebSocket protocol would leave the lean protocol's connection cap)
+        ws="none",
         proxy_headers=False,  # the service uses no client address (no access log)
         server_header=False,  # no "server: uvicorn" on every reply
         timeout_graceful_shutdown=10,

@@ -291,6 +291,23 @@ def test_kept_alive_connections_go_first_and_busy_ones_are_kept(capped: ServiceP
     _healthy(capped)
 
 
+def test_upgrade_requests_do_not_use_up_the_connection_cap(capped: ServiceProcess) -> None:
+    """The service has no WebSocket endpoint: an upgrade request is a plain request,
+    and its connection leaves the count when it closes (a connection handed to a
+    WebSocket protocol would never leave it: 20 of them locked everyone out)."""
+    upgrade = (
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    for _ in range(30):
+        with _connect(capped) as conn:
+            conn.sendall(upgrade)
+            with contextlib.suppress(ConnectionResetError):
+                conn.recv(65536)
+    time.sleep(0.5)
+    _healthy(capped)
+
+
 # ------------------------------------------------------------------ a paused process
 
 

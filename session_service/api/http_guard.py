@@ -12,7 +12,9 @@ ever. Here (the limits in wire_limits.py, docs/security.md):
   against the same limits and are dropped;
 - a connection's first byte must come within first_byte_timeout, its head within
   request_read_timeout, then its body within it again: else 408 and closed;
-- at most max_connections per process, idle ones closed first for new ones;
+- at most max_connections per process, idle ones closed first for new ones (the
+  service runs uvicorn with `ws="none"`: a connection handed over to a WebSocket
+  protocol would never leave the count);
 - every timer, when it fires, lets the loop read what already waits in the socket
   before it judges: after a pause of the process (SIGSTOP, a VM stall) the loop runs
   its due timers before it reads, and a request that arrived in time was reset.
