@@ -129,12 +129,13 @@ def test_endless_trailers_after_an_early_answer_close_the_connection_quietly(
     service: ServiceProcess,
 ) -> None:
     """A chunked write refused before its body was read (no token): its endless
-    trailers end the connection, with no second answer after the 401."""
+    trailers end the connection, with no second answer after the first."""
     head, body = _chunked_write(session_id(), "0" * 32, b"x")
     with _connect(service) as conn:
         conn.sendall(head.replace(AUTH, b"") + body)
         answer = _until_closed(conn, b"X: 1\r\n" * 1000, 16 << 20)
-    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    # 401, or 431 when the trailers were over the limits before the 401 was written
+    assert answer.startswith((b"HTTP/1.1 401 ", b"HTTP/1.1 431 ")), answer[:200]
     assert answer.count(b"HTTP/1.1 ") == 1, answer
 
 

@@ -175,13 +175,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         trailers: TrailerSink | None = None
-        body, before = bytearray(), 0
         if self._reading_head:
             self._head_bytes += len(data)
         elif self._in_body and type(headers := self._fields()) is TrailerSink:  # chunked body
             trailers, body = headers, self.cycle.body
             before = len(body)
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)  # (a direct call costs less than super())
         # Usually a request comes whole and nothing below applies.
         if trailers is not None and self._fields() is trailers and self._in_body:
             trailers.received(len(data), len(body) - before)
@@ -225,14 +224,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def start_request(self) -> None:
         """Serve the request whose head is complete (uvicorn: an ASGI cycle)."""
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
         self._reading_head, self._head_bytes, self._in_body = True, 0, False
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
 
     def on_chunk_header(self) -> None:
         # called by the parser for each chunk of a chunked body, and only then
