@@ -7,6 +7,7 @@ connections, and timers that must not judge a request the process has not read y
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import time
@@ -322,13 +323,14 @@ def frozen_later(tmp_path: Path) -> Iterator[ServiceProcess]:
 def _frozen(service: ServiceProcess, seconds: float, during: bytes, conn: socket.socket) -> None:
     """Stop the service, send `during` while it is stopped, and let it go on."""
     assert service.proc is not None
-    service.proc.send_signal(signal.SIGSTOP)
+    pid = service.proc.pid  # one process: the service runs a single worker here
+    os.kill(pid, signal.SIGSTOP)
     try:
         time.sleep(0.2)
         conn.sendall(during)
         time.sleep(seconds)
     finally:
-        service.proc.send_signal(signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
 
 
 @pytest.mark.parametrize("wait", ["kept alive", "first byte", "rest of the head"])
