@@ -10,6 +10,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -358,3 +360,22 @@ def test_a_request_sent_while_the_service_was_stopped_is_served(
         assert len(responses.done) == expected and responses.done[-1][0] == 200
     if wait == "kept alive":
         assert _read_back(frozen_later, sid) == b"sent while stopped"
+
+
+def test_the_connection_cap_fits_the_open_files_limit() -> None:
+    """max_connections beyond what the process may open (hard limit 200 here) is
+    lowered with a warning, rather than accept() failing for everyone later; within
+    the hard limit, the soft limit is raised to fit."""
+    code = (
+        "import logging, resource\n"
+        "logging.basicConfig(level='WARNING', format='%(message)s')\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (100, 200))\n"
+        "from session_service.api.wire_limits import _fit_open_files\n"
+        "print(_fit_open_files(120), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+        "print(_fit_open_files(1000))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["120", "184", "136"], done.stdout
+    assert "max_connections lowered to 136: the open files limit is 200" in done.stderr
