@@ -166,10 +166,12 @@ def _serve(settings: Settings) -> int:
 def _run_uvicorn(settings: Settings) -> None:
     import uvicorn
 
-    from session_service.api.http_protocol import SessionHttpProtocol
-
+    if settings.http_server == "uvicorn":  # stock uvicorn, the FastAPI app (stock.py)
+        app, http = "session_service.api.stock:app_from_environment", "auto"
+    else:
+        app, http = "session_service.api.app:app_from_environment", "lean"
     uvicorn.run(
-        "session_service.api.app:app_from_environment",
+        app,
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -177,13 +179,22 @@ def _run_uvicorn(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,
         loop="auto",
-        http=SessionHttpProtocol,
+        http=_lean_protocol() if http == "lean" else http,
+        # no WebSocket endpoint: an upgrade request is a plain request (a connection
+        # handed to a WebSocket protocol would leave the lean protocol's connection cap)
+        ws="none",
         proxy_headers=False,  # the service uses no client address (no access log)
         server_header=False,  # no "server: uvicorn" on every reply
         timeout_graceful_shutdown=10,
         ssl_certfile=settings.tls_certfile or None,
         ssl_keyfile=settings.tls_keyfile or None,
     )
+
+
+def _lean_protocol() -> type:
+    from session_service.api.http_protocol import SessionHttpProtocol
+
+    return SessionHttpProtocol
 
 
 if __name__ == "__main__":

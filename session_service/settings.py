@@ -62,6 +62,26 @@ class Settings(BaseSettings):
         "the connection opens or the request begins), and then again its body; then 408 "
         "and the connection closed",
     )
+    http_server: str = Field(
+        default="lean",
+        description="lean: the service's own HTTP protocol on uvicorn's (a fast path for "
+        "/v1/sessions, the wire limits below); uvicorn: stock uvicorn serving the FastAPI "
+        "app (slower, only uvicorn's own limits), e.g. when a uvicorn upgrade fails "
+        "tests/test_uvicorn_coupling.py",
+    )
+    first_byte_timeout: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="seconds a new connection has to send its first byte (at most "
+        "request_read_timeout); then 408 and the connection closed",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="open client connections per worker process; at the limit the oldest "
+        "idle one (kept alive, or no byte sent yet) is closed for a new one, else the new "
+        "one is answered 503 and closed",
+    )
     tokens: str = Field(
         default="",
         description='bearer tokens, "namespace:secret,..."; a bare secret means namespace default',
@@ -143,6 +163,14 @@ class Settings(BaseSettings):
         value = value.lower()
         if value not in {"debug", "info", "warning", "error", "critical"}:
             raise ValueError("must be debug, info, warning, error or critical")
+        return value
+
+    @field_validator("http_server")
+    @classmethod
+    def _known_server(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"lean", "uvicorn"}:
+            raise ValueError("must be lean or uvicorn")
         return value
 
     @field_validator("db_url")

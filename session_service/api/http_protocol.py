@@ -1,122 +1,41 @@
-"""uvicorn's httptools protocol, made cheaper for the service's hot path.
+"""The service's HTTP protocol: uvicorn's httptools protocol with a lean path for
+`/v1/sessions` requests.
 
 Measured on the service's lock + write cycle (CPU per cycle from /proc, py-spy,
-strace), three things uvicorn does per request or per connection cost more than
-they buy here:
+strace), uvicorn runs every request through an ASGI cycle (scope, cycle object,
+task, two send messages with header checks), which costs more than it buys here.
+A `/v1/sessions` request is answered by `LeanPath.answer()` and written as one
+prepared response by `DirectCycle`, which keeps uvicorn's own cycle contract
+(pipelining, keep-alive, flow control, `Expect: 100-continue`, disconnects,
+graceful shutdown), so the protocol's other code does not know the difference.
+Every other request (health, metrics, docs, 404s, ...) takes uvicorn's ASGI path to
+the FastAPI app unchanged. Writes go through CoalescingTransport (coalescing.py),
+and the size and time guards are http_guard.py's, beneath this.
 
-- it writes a response's status line and headers, then its body: two send()
-  calls and, with TCP_NODELAY, two packets that wake the client twice. Here the
-  writes of one event-loop pass are joined (what TCP_CORK does in the kernel),
-  and a reply that is already whole goes out at once;
-- it asks each new connection's socket for its addresses, seven system calls,
-  and PHP opens a connection per request. Here it reads the addresses the event
-  loop already knows;
-- it runs every request through an ASGI cycle (scope, cycle object, task, two
-  send messages with header checks). Here a `/v1/sessions` request is answered
-  by `LeanPath.answer()` and written as one prepared response by `DirectCycle`,
-  which keeps uvicorn's own cycle contract (pipelining, keep-alive, flow
-  control, `Expect: 100-continue`, disconnects, graceful shutdown), so the
-  protocol's other code does not know the difference.
-
-Every other request (health, metrics, docs, 404s, ...) takes uvicorn's ASGI path
-to the FastAPI app unchanged.
-
-It also bounds what a client may hold, in size and in time. uvicorn's httptools
-protocol keeps every byte of a request line and headers until the head is
-complete, so a client that never ends its headers would grow the process without
-limit: a head over MAX_HEAD_BYTES is answered 431 and the connection closed. And
-uvicorn sets no timer while a connection has sent nothing yet, part of a head,
-or part of a body, so connections that connect and wait, or send a byte now and
-then, would stay open for ever and use up the process's file descriptors and
-tasks: a head not complete within the request_read_timeout setting, or a body
-not complete within it after its head, is answered 408 and the connection
-closed. (An idle kept-alive connection is closed by uvicorn's keep-alive
-timeout.) The timer costs nothing on the usual request, whose head and body
-come in one piece: it is armed per connection, and per request only when a head
-or body is still incomplete after the bytes received so far.
+uvicorn code this copies (checked by tests/test_uvicorn_coupling.py, which fails
+when it changes): the start of `on_headers_complete` (the scope's method, version
+and path) in `start_request`, `_start_asgi_task` for a DirectCycle, and the parts of
+`RequestResponseCycle` that DirectCycle mirrors (`receive`, the end of `send`).
+`--http-server uvicorn` runs stock uvicorn instead (stock.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import urllib.parse
 from typing import Any
 
 import httptools
 from starlette.types import Message
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
+from session_service.api.coalescing import CoalescingTransport
+from session_service.api.http_guard import GuardedHttpProtocol
 from session_service.api.sessions import Endpoint, LeanPath, Reply
-from session_service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: the most a request's head (request line and headers) may take: 64 KiB, more than
-#: any client of this service sends (nginx allows 32 KiB by default, Node.js 16 KiB)
-MAX_HEAD_BYTES = 64 * 1024
-
-
-class CoalescingTransport:
-    """A transport whose writes of one event-loop pass go out as one."""
-
-    __slots__ = ("_loop", "_pending", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
-            return
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(bytes(data))
-
-    def write_whole(self, data: bytes) -> None:
-        """A whole response in one piece: straight out, unless writes of this pass are
-        still waiting (they go first)."""
-        if self._pending:
-            self._pending.append(data)
-        elif not self._transport.is_closing():
-            self._transport.write(data)
-
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._pending.clear()
-        if not self._transport.is_closing():
-            self._transport.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._transport.abort()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "socket":
-            # uvicorn asks for the socket only to call getsockname()/getpeername() on
-            # it; without it, it reads the "sockname" and "peername" the loop has.
-            return default
-        return self._transport.get_extra_info(name, default)
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
 
 
 #: the start of a reply (status line, uvicorn's default headers, content-type) by
@@ -240,121 +159,13 @@ class DirectCycle:
         self.protocol.on_response_complete()
 
 
-def _read_timeout(app: Any) -> float:
-    """The request_read_timeout setting of the service behind `app`: a LeanPath, or
-    middleware around one (uvicorn's trace logging); else the setting's default."""
-    for _ in range(5):
-        if isinstance(app, LeanPath):
-            return app.endpoints.settings.request_read_timeout
-        app = getattr(app, "app", None)
-    return float(Settings.model_fields["request_read_timeout"].default)
+class SessionHttpProtocol(GuardedHttpProtocol):
+    """The guarded protocol (http_guard.py) with coalesced writes and DirectCycle for
+    /v1/sessions requests (see the module's docstring)."""
 
+    transport_class = CoalescingTransport
 
-class SessionHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with coalesced writes, DirectCycle for
-    /v1/sessions requests and a bounded request head (see the module's docstring)."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
-        # set here, after uvicorn's own attributes, on every connection in the same
-        # order: attributes added later would cost every attribute access on this object
-        #: bytes received since the current request's head began, while it is incomplete
-        self._head_bytes = 0
-        self._reading_head = True
-        #: between a request's head and the end of its body
-        self._in_body = False
-        #: closes the connection if a head or body is not complete in time; armed for
-        #: the first head, then only when a head or body spans several reads
-        self._read_seconds = _read_timeout(self.app)
-        self._read_timer: asyncio.TimerHandle | None = None
-        self._arm_read_timer()
-
-    def _arm_read_timer(self) -> None:
-        self._read_timer = self.loop.call_later(self._read_seconds, self._read_timed_out)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
-        super().connection_lost(exc)
-
-    def _read_timed_out(self) -> None:
-        self._read_timer = None
-        if self.transport.is_closing():
-            return
-        cycle = self.cycle
-        if self._in_body:
-            if cycle is not None and cycle.response_complete:
-                self.transport.close()  # answered without its body: just stop waiting
-                return
-            log.info("closed a connection whose request body was not complete in time (408)")
-            self._refuse(408, "request body not complete in time")
-        elif self._reading_head:
-            if cycle is not None and not cycle.response_complete:
-                # a pipelined head behind a response still being prepared waits its turn
-                self._arm_read_timer()
-                return
-            log.info("closed a connection whose request head was not complete in time (408)")
-            self._refuse(408, "no complete request line and headers in time")
-
-    def data_received(self, data: bytes) -> None:
-        # uvicorn's data_received, with the head's bytes counted (inline: this runs
-        # for every request, and a call to the parent's method costs more than it does)
-        if self._reading_head:
-            self._head_bytes += len(data)
-        self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
-            return
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
-        # Usually a request comes whole and nothing below applies.
-        if self._reading_head:
-            if not self._head_bytes:
-                return
-            if self._head_bytes > MAX_HEAD_BYTES:
-                if not self.transport.is_closing():  # else answered already (parse error)
-                    log.warning("refused a request head over %d bytes (431)", MAX_HEAD_BYTES)
-                    self._refuse(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
-                return
-        elif not self._in_body:
-            return
-        if self._read_timer is None:  # part of a head or body waits for the rest
-            self._arm_read_timer()
-
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer `status` with `message` as plain text, and close the connection."""
-        body = message.encode("ascii")
-        head = _head(self.server_state.default_headers, status, "text/plain; charset=utf-8")
-        self.transport.write(
-            b"%scontent-length: %d\r\nconnection: close\r\n\r\n%s" % (head, len(body), body)
-        )
-        self.transport.close()
-
-    def on_message_complete(self) -> None:
-        # uvicorn's on_message_complete, and the next request's head begins
-        self._reading_head, self._head_bytes, self._in_body = True, 0, False
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
-        cycle = self.cycle
-        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
-            return
-        cycle.more_body = False
-        cycle.message_event.set()
-
-    def on_headers_complete(self) -> None:
-        self._reading_head, self._in_body = False, True
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
+    def start_request(self) -> None:
         lean = self.app
         if (
             not isinstance(lean, LeanPath)  # wrapped, e.g. by trace logging: the ASGI path
@@ -362,7 +173,7 @@ class SessionHttpProtocol(HttpToolsProtocol):
             or self.root_path
             or self.parser.should_upgrade()
         ):
-            super().on_headers_complete()
+            super().start_request()
             return
         method = self.parser.get_method().decode("ascii")
         parsed = httptools.parse_url(self.url)
@@ -372,7 +183,7 @@ class SessionHttpProtocol(HttpToolsProtocol):
             path = urllib.parse.unquote(path)
         route = lean.route(path, method)
         if route is None:
-            super().on_headers_complete()
+            super().start_request()
             return
         http_version = self.parser.get_http_version()
         scope: Any = self.scope
@@ -402,6 +213,9 @@ class SessionHttpProtocol(HttpToolsProtocol):
         if not isinstance(cycle, DirectCycle):
             super()._start_asgi_task(cycle, app)
             return
-        task = self.loop.create_task(cycle.run())
+        if self.config.reset_contextvars:  # as uvicorn does (its opt-in)
+            task = self.loop.create_task(cycle.run(), context=contextvars.Context())
+        else:
+            task = self.loop.create_task(cycle.run())
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
