@@ -315,7 +315,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         if ($mine && (409 === $r['status'] || 0 === $r['status'])) {
             $this->lock = null; // as in put()
         }
-        $this->logFailure('touch', $id, $r);
+        $this->logFailure('touch', $id, $r, 0 === $r['status'] && self::wentOut($r) ? '; whether the expiry was extended is unknown' : '');
 
         return false;
     }
@@ -476,7 +476,11 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             // release would most likely time out too; the lease ends the lock.
             $this->lock = null;
         }
-        $this->logFailure('write', $id, $r, 413 === $r['status'] ? sprintf('; %d bytes not saved, the stored session is left unchanged', \strlen($data)) : '');
+        $this->logFailure('write', $id, $r, match (true) {
+            413 === $r['status'] => sprintf('; %d bytes not saved, the stored session is left unchanged', \strlen($data)),
+            0 === $r['status'] && self::wentOut($r) => '; the write may or may not have been saved: whether the data was saved is unknown',
+            default => '',
+        });
         // Any lock still held (refused write) is released by close().
         return false;
     }
@@ -605,15 +609,24 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             // elsewhere (a timed-out lock request may have been granted, a timed-out
             // write may still be applied). On a reused keep-alive connection the
             // connect time is 0 although the request went out: judge by whether curl
-            // got as far as sending it.
-            $sent = (float) curl_getinfo($ch, \CURLINFO_PRETRANSFER_TIME) > 0.0
-                || (int) curl_getinfo($ch, \CURLINFO_REQUEST_SIZE) > 0;
-            $beforeRequest = \in_array($errno, [\CURLE_COULDNT_CONNECT, \CURLE_COULDNT_RESOLVE_HOST], true)
-                || (\CURLE_OPERATION_TIMEDOUT === $errno && !$sent);
+            // got as far as sending it. That also covers curl's own silent retry: when
+            // a reused connection closes with no answer, curl sends the request again
+            // on a new connection, and a refused connect then reports curl error 7
+            // although the first copy went out (and may have been applied): the
+            // request size counts both attempts, so it is not 0 then. (No curl option
+            // turns that retry off; a fresh connection per write would cost the
+            // keep-alive the lock and the write share. Reading the counters costs
+            // nothing on the success path: only failures get here.)
+            $sent = (int) curl_getinfo($ch, \CURLINFO_REQUEST_SIZE) > 0
+                || (float) curl_getinfo($ch, \CURLINFO_PRETRANSFER_TIME) > 0.0;
+            $beforeRequest = !$sent
+                && \in_array($errno, [\CURLE_COULDNT_CONNECT, \CURLE_COULDNT_RESOLVE_HOST, \CURLE_OPERATION_TIMEDOUT], true);
             if (!$beforeRequest) {
                 if (0 === $answered && !\in_array($errno, self::TLS_ERRORS, true)) {
                     // It reached the service (timed out or reset while waiting): not "unreachable".
-                    $result['error'] = 'the request went out, then '.$error;
+                    $result['error'] = \in_array($errno, [\CURLE_COULDNT_CONNECT, \CURLE_COULDNT_RESOLVE_HOST], true)
+                        ? 'the request went out on a kept-alive connection that closed without an answer, and curl\'s retry on a new connection failed: '.$error
+                        : 'the request went out, then '.$error;
                 }
 
                 return $result;
@@ -775,6 +788,18 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         }
 
         return [null, null, sprintf('its Content-Type is %s, not msgpack or JSON (%d bytes)', '' === $contentType ? 'missing' : '"'.$contentType.'"', $size)];
+    }
+
+    /**
+     * No complete answer, but the request reached the service (it may have been
+     * applied): timed out or cut off after it was sent, or an incomplete answer.
+     *
+     * @param array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string} $r
+     */
+    private static function wentOut(array $r): bool
+    {
+        return str_starts_with((string) $r['error'], 'the request went out')
+            || str_starts_with((string) $r['error'], 'incomplete answer');
     }
 
     /** @param array{status:int, body:mixed, service:string, path:string, error:?string, format:?string, problem:?string, invalid:?string} $r */
