@@ -10,7 +10,8 @@ declare(strict_types=1);
  *
  * Registers SessionService\Handler before the application runs; the
  * application's own session_start() then uses the service. Nothing is
- * registered when a session is already active (session.auto_start).
+ * registered when a session is already active (session.auto_start). It turns
+ * session.use_strict_mode on.
  */
 require_once __DIR__.'/autoload.php';
 
@@ -18,5 +19,9 @@ require_once __DIR__.'/autoload.php';
     if (PHP_SESSION_NONE !== session_status()) {
         return;
     }
+    // Strict mode: an id the service does not know (forged, or expired) is replaced
+    // instead of being adopted (session fixation). PHP's default is 0; validateId()
+    // costs no extra round trip, so there is no reason to leave it off.
+    ini_set('session.use_strict_mode', '1');
     SessionService\Handler::register();
 })();

@@ -106,6 +106,18 @@ def test_strict_mode_rejects_forged_id(nodes: list[PhpNode], service: ServicePro
     assert b2.get(nodes[1], "incr")["n"] == 1 and b2.sid != "short"
 
 
+def test_prepend_turns_strict_mode_on(start_node: NodeFactory, service: ServiceProcess) -> None:
+    """php.ini left at PHP's default use_strict_mode=0: prepend.php turns it on, so a
+    forged id is replaced (and not created) all the same."""
+    node = start_node(service.url, ini={"session.use_strict_mode": "0"})
+    forged = "attackerchosenid0123456789abcdeg"
+    b = Browser(forged)
+    r = b.get(node, "incr")
+    assert r["n"] == 1
+    assert r["id"] != forged and b.sid == r["id"]
+    assert not service.exists(forged), "the forged id must not be created"
+
+
 def test_regenerate_destroys_old_and_new_id_carries_data(
     nodes: list[PhpNode], service: ServiceProcess
 ) -> None:
