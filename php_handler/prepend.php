@@ -5,8 +5,9 @@ declare(strict_types=1);
 /*
  * Shared sessions with no code change: point auto_prepend_file at this file
  * (php.ini, or php_admin_value[auto_prepend_file] in an FPM pool) and configure
- * it with environment variables only (SESSION_SERVICE_URL, SESSION_SERVICE_TOKEN,
- * SESSION_SERVICE_LOCK, SESSION_SERVICE_ON_UNAVAILABLE, ... see docs/php_handler.md).
+ * it with environment variables (SESSION_SERVICE_URL, SESSION_SERVICE_TOKEN, ...)
+ * and/or php.ini's session.save_path ("http://a:7070,http://b:7070?token_file=...");
+ * see docs/php_handler.md.
  *
  * Registers SessionService\Handler before the application runs; the
  * application's own session_start() then uses the service. Nothing is

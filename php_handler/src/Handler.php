@@ -36,6 +36,7 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
     public const OPTIONS = [
         'url' => ['SESSION_SERVICE_URL', 'http://127.0.0.1:7070'],
         'token' => ['SESSION_SERVICE_TOKEN', ''],
+        'token_file' => ['SESSION_SERVICE_TOKEN_FILE', ''],
         'connect_timeout_ms' => ['SESSION_SERVICE_CONNECT_TIMEOUT_MS', 1000],
         'timeout_ms' => ['SESSION_SERVICE_TIMEOUT_MS', 5000],
         'lock' => ['SESSION_SERVICE_LOCK', self::LOCK_EXCLUSIVE],
@@ -112,7 +113,8 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
 
     /**
      * @param array<string, mixed> $options see self::OPTIONS; each falls back to its
-     *                                      environment variable, then to its default
+     *                                      environment variable, then to its key in
+     *                                      session.save_path, then to its default
      */
     public function __construct(array $options = [])
     {
@@ -122,40 +124,61 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
             }
         }
         // This runs on every PHP request (prepend.php). The properties start at the
-        // defaults, which are valid, so only an option that is given or set in the
-        // environment is parsed and validated (the usual setup: url and token).
+        // defaults, which are valid, so only an option that is given, set in the
+        // environment or in session.save_path is parsed and validated (the usual
+        // setup: url and token).
+        $fromIni = self::savePathOptions((string) \ini_get('session.save_path'));
         $format = 'auto';
+        $tokenFile = '';
+        /** @var array<string, int> $from where each option set came from: 0 code, 1 environment, 2 save_path */
+        $from = [];
         foreach (self::OPTIONS as $name => [$env]) {
             if (isset($options[$name])) {
                 $value = $options[$name];
-            } elseif (false === ($value = getenv($env)) || '' === $value) {
-                continue; // an empty variable counts as unset
+                $from[$name] = 0;
+            } elseif (false !== ($value = getenv($env)) && '' !== $value) {
+                $from[$name] = 1; // an empty variable counts as unset
+            } elseif (isset($fromIni[$name])) {
+                $value = $fromIni[$name];
+                $from[$name] = 2;
+            } else {
+                continue;
             }
-            match ($name) {
-                'url' => $this->urls = self::urlList($value),
-                'token' => $this->token = (string) $value,
-                'connect_timeout_ms' => $this->connectTimeoutMs = self::intOption($name, $value, 1),
-                'timeout_ms' => $this->timeoutMs = self::intOption($name, $value, 1),
-                'lock' => $this->lockMode = self::choice($name, $value, [self::LOCK_EXCLUSIVE, self::LOCK_NONE]),
-                'lock_wait_ms' => $this->lockWaitMs = self::intOption($name, $value, 0),
-                'lock_lease_ms' => $this->lockLeaseMs = self::intOption($name, $value, 100),
-                'on_unavailable' => $this->onUnavailable = self::choice($name, $value, [self::ON_UNAVAILABLE_FAIL, self::ON_UNAVAILABLE_EMPTY]),
-                'on_lock_timeout' => $this->onLockTimeout = self::choice($name, $value, [self::ON_LOCK_TIMEOUT_FAIL, self::ON_LOCK_TIMEOUT_READONLY]),
-                'format' => $format = self::choice($name, $value, ['auto', 'msgpack', 'json']),
-                'ca_file' => $this->caFile = trim((string) $value),
-                'ca_path' => $this->caPath = trim((string) $value),
-            };
+            try {
+                match ($name) {
+                    'url' => $this->urls = self::urlList($value),
+                    'token' => $this->token = self::tokenValue((string) $value),
+                    'token_file' => $tokenFile = trim((string) $value),
+                    'connect_timeout_ms' => $this->connectTimeoutMs = self::intOption($name, $value, 1),
+                    'timeout_ms' => $this->timeoutMs = self::intOption($name, $value, 1),
+                    'lock' => $this->lockMode = self::choice($name, $value, [self::LOCK_EXCLUSIVE, self::LOCK_NONE]),
+                    'lock_wait_ms' => $this->lockWaitMs = self::intOption($name, $value, 0),
+                    'lock_lease_ms' => $this->lockLeaseMs = self::intOption($name, $value, 100),
+                    'on_unavailable' => $this->onUnavailable = self::choice($name, $value, [self::ON_UNAVAILABLE_FAIL, self::ON_UNAVAILABLE_EMPTY]),
+                    'on_lock_timeout' => $this->onLockTimeout = self::choice($name, $value, [self::ON_LOCK_TIMEOUT_FAIL, self::ON_LOCK_TIMEOUT_READONLY]),
+                    'format' => $format = self::choice($name, $value, ['auto', 'msgpack', 'json']),
+                    'ca_file' => $this->caFile = self::readableFile($name, (string) $value),
+                    'ca_path' => $this->caPath = self::directory($name, (string) $value),
+                };
+                if ('' !== $tokenFile && 'token_file' === $name) {
+                    if (isset($from['token']) && $from['token'] === $from['token_file']) {
+                        throw new \InvalidArgumentException('session-service: give "token" or "token_file", not both');
+                    }
+                    if (!isset($from['token']) || $from['token_file'] < $from['token']) {
+                        $this->token = self::tokenFromFile($tokenFile);
+                    }
+                }
+            } catch (\InvalidArgumentException $e) { // the same message, naming where the value came from
+                if (0 === $from[$name]) {
+                    throw $e; // given in code: the caller knows where
+                }
+                throw new \InvalidArgumentException(sprintf('%s (%s)', $e->getMessage(), 1 === $from[$name] ? 'environment variable '.$env : 'session.save_path'));
+            }
         }
         if ('msgpack' === $format && !\function_exists('msgpack_unpack')) {
             throw new \InvalidArgumentException('session-service: format "msgpack" needs ext-msgpack');
         }
         $this->msgpack = 'json' !== $format && \function_exists('msgpack_unpack');
-        if ('' !== $this->caFile && (!is_file($this->caFile) || !is_readable($this->caFile))) {
-            throw new \InvalidArgumentException(sprintf('session-service: option "ca_file": "%s" is not a readable file', $this->caFile));
-        }
-        if ('' !== $this->caPath && !is_dir($this->caPath)) {
-            throw new \InvalidArgumentException(sprintf('session-service: option "ca_path": "%s" is not a directory', $this->caPath));
-        }
     }
 
     /**
@@ -894,6 +917,88 @@ final class Handler implements \SessionHandlerInterface, \SessionUpdateTimestamp
         }
 
         return $urls;
+    }
+
+    /**
+     * The options carried by session.save_path, as phpredis and memcached users set
+     * them in php.ini: "URL[,URL...][?key=value&key=value...]", keys being option
+     * names, values percent-decoded. A save_path that does not start with http:// or
+     * https:// is not for this handler (the files handler's directory): none.
+     *
+     * @return array<string, string>
+     */
+    private static function savePathOptions(string $path): array
+    {
+        if (!preg_match('~^\s*https?://~i', $path)) {
+            return [];
+        }
+        [$urls, $query] = explode('?', $path, 2) + [1 => ''];
+        $found = ['url' => $urls];
+        foreach (explode('&', $query) as $pair) {
+            if ('' === trim($pair)) {
+                continue;
+            }
+            $parts = explode('=', $pair, 2);
+            $key = rawurldecode(trim($parts[0]));
+            $problem = match (true) {
+                !isset($parts[1]) => 'has no value (write key=value)',
+                'url' === $key => 'is not a key: the URLs come before "?"',
+                'token' === $key => 'is refused: session.save_path is shown by phpinfo(); put the token in a file readable by PHP only and give token_file=',
+                !isset(self::OPTIONS[$key]) => sprintf('is not an option (known: %s)', implode(', ', array_diff(array_keys(self::OPTIONS), ['url', 'token']))),
+                isset($found[$key]) => 'is given twice',
+                '' === trim(rawurldecode($parts[1])) => 'has an empty value',
+                default => null,
+            };
+            if (null !== $problem) {
+                throw new \InvalidArgumentException(sprintf('session-service: session.save_path: key "%s" %s', $key, $problem));
+            }
+            $found[$key] = rawurldecode($parts[1]);
+        }
+
+        return $found;
+    }
+
+    private static function tokenValue(string $token): string
+    {
+        $token = trim($token);
+        if (preg_match('/[\x00-\x1f\x7f]/', $token)) {
+            throw new \InvalidArgumentException('session-service: option "token" must be one line of printable characters');
+        }
+
+        return $token;
+    }
+
+    private static function tokenFromFile(string $file): string
+    {
+        $token = is_file($file) && is_readable($file) ? file_get_contents($file) : false;
+        if (false === $token) {
+            throw new \InvalidArgumentException(sprintf('session-service: option "token_file": "%s" is not a readable file', $file));
+        }
+        if ('' === trim($token)) {
+            throw new \InvalidArgumentException(sprintf('session-service: option "token_file": "%s" is empty', $file));
+        }
+
+        return self::tokenValue($token);
+    }
+
+    private static function readableFile(string $name, string $file): string
+    {
+        $file = trim($file);
+        if ('' !== $file && (!is_file($file) || !is_readable($file))) {
+            throw new \InvalidArgumentException(sprintf('session-service: option "%s": "%s" is not a readable file', $name, $file));
+        }
+
+        return $file;
+    }
+
+    private static function directory(string $name, string $dir): string
+    {
+        $dir = trim($dir);
+        if ('' !== $dir && !is_dir($dir)) {
+            throw new \InvalidArgumentException(sprintf('session-service: option "%s": "%s" is not a directory', $name, $dir));
+        }
+
+        return $dir;
     }
 
     private static function intOption(string $name, mixed $value, int $min): int
