@@ -22,7 +22,9 @@ namespace SessionService;
  *  - session.gc_maxlifetime is the ttl of every write; gc() is left to the
  *    service and reports 0.
  * The rest has its own class: Options (configuration), ServiceClient (curl and
- * failover), Answer (what a call came back with), Codec (msgpack/JSON).
+ * failover), Answer (what a call came back with), Codec (msgpack/JSON). This one
+ * stays about 470 lines: PHP's ten contract methods share the lock bookkeeping
+ * below, and splitting them would scatter that state.
  *
  * Every failure returns false and writes one specific line to the error log
  * naming the URL, the HTTP status and the service's error/detail. The raw
