@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
+
 from . import conftest
-from .conftest import PREPEND, REPO, TOKEN, Browser, PhpNode, ServiceProcess, free_port
+from .conftest import PREPEND, REPO, TOKEN, Browser, PhpNode, ServiceProcess
 
 
 def ini_string(value: str) -> str:
