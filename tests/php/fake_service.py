@@ -12,10 +12,15 @@ the wire contract (docs/api.md), either forwards the request to a real service
 - ``truncate``: a Content-Length larger than the body sent, then close;
 - ``slow``: wait ``seconds`` (bounded), then answer the fixed status/body (or, with
   ``forward=True``, forward and answer as the proxy would);
-- ``reset``: read the request, then close the connection with a TCP RST.
+- ``reset``: read the request, then close the connection with a TCP RST;
+- ``die``: forward the request (the real service applies it), then stop listening
+  (later connections are refused) and close the connection without an answer, as an
+  instance that dies between applying a request and answering it.
 
 Every connection is closed after one answer (``Connection: close``), so curl never
-retries a request on a reused connection behind the test's back. ``seen`` records
+retries a request on a reused connection behind the test's back, unless the fake is
+made with ``keep_alive=True``: then connections stay open between answers, as the
+real service's do (what ``die`` needs to show curl's retry). ``seen`` records
 (op, method, path) of every request received, ``wire`` the same with its headers
 and body, ``forwarded`` the ops sent upstream.
 """
@@ -23,7 +28,6 @@ and body, ``forwarded`` the ops sent upstream.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import re
 import socket
@@ -58,7 +62,7 @@ def op_of(method: str, path: str) -> str:
 
 @dataclass
 class Action:
-    kind: str = "proxy"  # proxy | respond | corrupt | truncate | slow | reset
+    kind: str = "proxy"  # proxy | respond | corrupt | truncate | slow | reset | die
     status: int = 200
     content_type: str | None = "application/msgpack"
     body: bytes = b""
@@ -87,6 +91,7 @@ class FakeService:
     seen: list[tuple[str, str, str]] = field(default_factory=list)
     wire: list[Received] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
+    keep_alive: bool = False
 
     def __post_init__(self) -> None:
         self.client = httpx.Client(base_url=self.upstream, timeout=15.0)
@@ -100,6 +105,7 @@ class FakeService:
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
             allow_reuse_address = True
+            block_on_close = False
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.port = int(self.server.server_address[1])
@@ -129,24 +135,34 @@ class FakeService:
         self.server.server_close()
         self.client.close()
 
+    def stop_listening(self) -> None:
+        """From now on connections are refused (those already open stay)."""
+        self.server.shutdown()
+        self.server.socket.close()
+
     # ------------------------------------------------------------------ serving
 
     def _handle(self, sock: socket.socket) -> None:
         sock.settimeout(MAX_SLOW)
-        try:
-            request = _read_request(sock)
-        except (OSError, ValueError):
-            return
-        if request is None:
-            return
-        method, path, headers, body = request
-        op = op_of(method, path)
-        with self.lock:
-            self.seen.append((op, method, path))
-            self.wire.append(Received(op, method, path, headers, body))
-            action = self.actions.get(op, Action())
-        with contextlib.suppress(OSError):
-            self._answer(sock, op, action, method, path, headers, body)
+        pending = b""
+        while True:
+            try:
+                request, pending = _read_request(sock, pending)
+            except (OSError, ValueError):
+                return
+            if request is None:
+                return
+            method, path, headers, body = request
+            op = op_of(method, path)
+            with self.lock:
+                self.seen.append((op, method, path))
+                self.wire.append(Received(op, method, path, headers, body))
+                action = self.actions.get(op, Action())
+            try:
+                if not self._answer(sock, op, action, method, path, headers, body):
+                    return
+            except OSError:
+                return
 
     def _forward(
         self, op: str, method: str, path: str, headers: dict[str, str], body: bytes
@@ -160,13 +176,19 @@ class FakeService:
     def _answer(
         self, sock: socket.socket, op: str, action: Action, method: str, path: str,
         headers: dict[str, str], body: bytes,
-    ) -> None:  # fmt: skip
+    ) -> bool:  # fmt: skip
+        """Answer one request; True when the connection stays open for the next one."""
+        if action.kind == "die":
+            self._forward(op, method, path, headers, body)
+            self.stop_listening()
+            sock.close()  # a FIN, no answer: curl retries on a new connection, refused
+            return False
         if action.kind == "reset":
             if action.forward:
                 self._forward(op, method, path, headers, body)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
-            return
+            return False
         if action.kind == "slow":
             time.sleep(min(action.seconds, MAX_SLOW))
         if action.kind in ("proxy", "corrupt") or action.forward:
@@ -186,20 +208,31 @@ class FakeService:
         if action.kind in ("respond", "truncate") or (action.kind == "slow" and not action.forward):
             status, ctype, payload = action.status, action.content_type, action.body
         length = action.claimed if action.kind == "truncate" else len(payload)
-        head = [f"HTTP/1.1 {status} Whatever", f"Content-Length: {length}", "Connection: close"]
+        keep = self.keep_alive and action.kind in ("proxy", "corrupt", "respond", "slow")
+        head = [
+            f"HTTP/1.1 {status} Whatever",
+            f"Content-Length: {length}",
+            "Connection: keep-alive" if keep else "Connection: close",
+        ]
         if ctype is not None:
             head.append(f"Content-Type: {ctype}")
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+        if keep:
+            return True
         sock.shutdown(socket.SHUT_WR)
         sock.close()
+        return False
 
 
-def _read_request(sock: socket.socket) -> tuple[str, str, dict[str, str], bytes] | None:
-    data = b""
+Request = tuple[str, str, dict[str, str], bytes]
+
+
+def _read_request(sock: socket.socket, data: bytes = b"") -> tuple[Request | None, bytes]:
+    """The next request on the connection and the bytes read past it (None at EOF)."""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
-            return None
+            return None, b""
         data += chunk
         if len(data) > 1 << 20:
             raise ValueError("head too large")
@@ -216,4 +249,4 @@ def _read_request(sock: socket.socket) -> tuple[str, str, dict[str, str], bytes]
         if not chunk:
             raise ValueError("body cut short")
         body += chunk
-    return method, path, headers, body[:length]
+    return (method, path, headers, body[:length]), body[length:]

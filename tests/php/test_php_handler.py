@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
+
 from .conftest import (
     REPO,
     Browser,
     PhpNode,
     ServiceProcess,
-    free_port,
     missing,
     run_concurrently,
     while_holding,
@@ -106,6 +107,18 @@ def test_strict_mode_rejects_forged_id(nodes: list[PhpNode], service: ServicePro
     assert b2.get(nodes[1], "incr")["n"] == 1 and b2.sid != "short"
 
 
+def test_prepend_turns_strict_mode_on(start_node: NodeFactory, service: ServiceProcess) -> None:
+    """php.ini left at PHP's default use_strict_mode=0: prepend.php turns it on, so a
+    forged id is replaced (and not created) all the same."""
+    node = start_node(service.url, ini={"session.use_strict_mode": "0"})
+    forged = "attackerchosenid0123456789abcdeg"
+    b = Browser(forged)
+    r = b.get(node, "incr")
+    assert r["n"] == 1
+    assert r["id"] != forged and b.sid == r["id"]
+    assert not service.exists(forged), "the forged id must not be created"
+
+
 def test_regenerate_destroys_old_and_new_id_carries_data(
     nodes: list[PhpNode], service: ServiceProcess
 ) -> None:
@@ -113,6 +126,7 @@ def test_regenerate_destroys_old_and_new_id_carries_data(
     b.get(nodes[0], "incr")
     b.get(nodes[1], "incr")
     old = b.sid
+    assert old is not None
     r = b.get(nodes[2], "regenerate")
     assert r["regenerated"] is True and r["old_id"] == old and r["new_id"] != old
     assert b.sid == r["new_id"]
@@ -360,6 +374,7 @@ def test_symfony_native_session_storage(
     got = b.get(sym[0], "get", page="symfony.php")
     assert got["n"] == 4 and got["flashes"] == ["incremented"] * 4
     old = b.sid
+    assert old is not None
     m = b.get(sym[1], "migrate", page="symfony.php")
     assert m["migrated"] is True and m["new_id"] != old and b.sid == m["new_id"]
     assert not service.exists(old)
@@ -389,6 +404,7 @@ def test_regenerate_without_delete_keeps_old_session(
     b = Browser()
     b.get(nodes[0], "incr")
     old = b.sid
+    assert old is not None
     out = b.get(nodes[1], "regenerate_keep")
     assert out["regenerated"] is True and b.sid != old
     assert old and service.exists(old)

@@ -7,7 +7,8 @@ dev dependency) runs PHP 8.1 and 8.5 here, curl included. Every file of
 php_handler/ must parse on each, and tests/php/wasm/session_contract.php runs
 PHP's session contract with the handler registered (strict mode, locking,
 read_and_close, lazy_write, regenerate, destroy, binary data, an unreachable
-service) against a real service, through PHP's own session functions. The
+service) against a real service, through PHP's own session functions, and checks
+the handler's options (session.save_path) and wire codec. The
 native PHP runs the same script, so a difference between versions shows up here.
 The PHP web nodes of the other tests run on the native PHP only.
 
@@ -78,7 +79,7 @@ def test_the_session_calls_behave_alike_on_every_version(
     if version != "native":
         assert result["php"].startswith(version + "."), result
     assert result["failures"] == [], result
-    assert result["checks"] == 29, result
+    assert result["checks"] == 33, result
     # the two expected log lines: the concurrent request's lock timeout, and the
     # unreachable service (how curl fails differs: php-wasm emulates sockets)
     assert len(result["log"]) == 2, result["log"]

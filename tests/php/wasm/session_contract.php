@@ -133,6 +133,24 @@ try {
         $check(str_contains($e->getMessage(), 'unknown option "lock_wait"'), 'an unknown option is named');
     }
 
+    // Options from session.save_path (the environment sets only the URL and token
+    // here, so these come from save_path), and a bad key named.
+    $o = SessionService\Options::resolve([], 'http://a:1,http://b:2?lock=NONE&lock_wait_ms=7');
+    $check('none' === $o->lock && 7 === $o->lockWaitMs, 'session.save_path options are read');
+    try {
+        SessionService\Options::resolve([], 'http://a:1?lock_wait=7');
+        $check(false, 'an unknown session.save_path key is refused');
+    } catch (InvalidArgumentException $e) {
+        $check(str_contains($e->getMessage(), 'session.save_path: key "lock_wait" is not an option'), 'an unknown session.save_path key is named');
+    }
+
+    // The wire codec: JSON round trip of binary data; msgpack too where ext-msgpack is.
+    $bytes = "\0\xff\x80 a|b:1;";
+    [$doc, $format] = SessionService\Codec::decode((new SessionService\Codec(false))->encode(['data' => $bytes, 'ttl' => 5]), 'application/json');
+    $check('json' === $format && $bytes === SessionService\Codec::data($doc['data'] ?? null, $format) && 5 === $doc['ttl'], 'JSON carries binary data');
+    $packed = (new SessionService\Codec(true))->encode(['data' => $bytes, 'ttl' => -5, 'lock' => str_repeat('k', 40)]);
+    $check(!function_exists('msgpack_unpack') || ['data' => $bytes, 'ttl' => -5, 'lock' => str_repeat('k', 40)] === SessionService\Codec::decode($packed, 'application/msgpack')[0], 'msgpack carries binary data');
+
     // The service unreachable, under the default "fail" policy: session_start() fails,
     // with a line in the log naming the URL (PHP itself warns about the failed read).
     Handler::register(['url' => 'http://127.0.0.1:9', 'connect_timeout_ms' => 500]);
