@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         description="lean: the service's own HTTP protocol on uvicorn's (a fast path for "
         "/v1/sessions, the wire limits below); uvicorn: stock uvicorn serving the FastAPI "
         "app (slower, only uvicorn's own limits), e.g. when a uvicorn upgrade fails "
-        "tests/test_uvicorn_coupling.py",
+        "tests/service/test_uvicorn_coupling.py",
     )
     first_byte_timeout: float = Field(
         default=5.0,

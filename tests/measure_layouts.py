@@ -26,7 +26,7 @@ from session_service.settings import Settings
 from session_service.store import SessionStore
 from tests.replication_support import GaleraCluster, Replication
 from tests.support import ServiceProcess, session_id, wait_until
-from tests.test_replicas import metric
+from tests.store.test_replicas import metric
 
 AUTH = {"Authorization": "Bearer secret"}
 

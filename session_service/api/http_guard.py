@@ -23,7 +23,7 @@ The usual request, head and body in one read, costs one counter update and two
 comparisons; the timers are armed per connection, and per request only when a head
 or body spans several reads.
 
-uvicorn names this relies on (checked by tests/test_uvicorn_coupling.py): the parser
+uvicorn names this relies on (checked by tests/service/test_uvicorn_coupling.py): the parser
 callbacks `data_received`, `on_headers_complete`, `on_message_complete` (extended
 with super()), `timeout_keep_alive_handler`, `_start_asgi_task`, and the attributes
 `headers`, `url`, `scope`, `cycle`, `pipeline`, `flow`, `app`, `loop`,

@@ -12,7 +12,7 @@ Every other request (health, metrics, docs, 404s, ...) takes uvicorn's ASGI path
 the FastAPI app unchanged. Writes go through CoalescingTransport (coalescing.py),
 and the size and time guards are http_guard.py's, beneath this.
 
-uvicorn code this copies (checked by tests/test_uvicorn_coupling.py, which fails
+uvicorn code this copies (checked by tests/service/test_uvicorn_coupling.py, which fails
 when it changes): the start of `on_headers_complete` (the scope's method, version
 and path) in `start_request`, `_start_asgi_task` for a DirectCycle, and the parts of
 `RequestResponseCycle` that DirectCycle mirrors (`receive`, the end of `send`).

@@ -3,7 +3,7 @@
 of http_protocol.py or the wire limits of http_guard.py.
 
 A way to keep serving when the lean protocol cannot follow a uvicorn release
-(tests/test_uvicorn_coupling.py fails), at the cost of speed, and of the limits
+(tests/service/test_uvicorn_coupling.py fails), at the cost of speed, and of the limits
 uvicorn does not have (docs/security.md).
 """
 

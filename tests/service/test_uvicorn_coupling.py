@@ -7,7 +7,7 @@ once: uvicorn 0.55 added `reset_contextvars`.)
 
 When it fails: read uvicorn's new code of that method, bring the service's code named
 in the message in line (or confirm nothing it relies on changed), run
-tests/test_service_wire*.py, then record the new hash printed in the message. Until
+tests/service/test_service_wire*.py, then record the new hash printed in the message. Until
 then `--http-server uvicorn` runs the service on stock uvicorn."""
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def test_uvicorn_code_the_service_relies_on_is_unchanged(owner: type, name: str)
     assert now == recorded, (
         f"uvicorn {uvicorn.__version__} changed {owner.__name__}.{name} (source hash "
         f"{now}, recorded {recorded}). Re-check: {relied_on_by}. Then run "
-        "tests/test_service_wire*.py and record the new hash in tests/test_uvicorn_coupling.py."
+        "tests/service/test_service_wire*.py and record the new hash in tests/service/test_uvicorn_coupling.py."
     )
 
 

@@ -20,7 +20,7 @@ import msgpack
 import pytest
 
 from tests.support import ServiceProcess, session_id, wait_until
-from tests.test_service_wire import (
+from tests.service.test_service_wire import (
     AUTH,
     _closed_with,
     _connect,

@@ -1,6 +1,6 @@
 """`--http-server uvicorn`: the service on stock uvicorn (the FastAPI app on uvicorn's
 own protocol, no lean path), the way out when a uvicorn release breaks the lean
-protocol (tests/test_uvicorn_coupling.py). The whole session cycle works the same."""
+protocol (tests/service/test_uvicorn_coupling.py). The whole session cycle works the same."""
 
 from __future__ import annotations
 
