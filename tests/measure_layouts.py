@@ -25,8 +25,8 @@ from session_service.schema import migrate
 from session_service.settings import Settings
 from session_service.store import SessionStore
 from tests.replication_support import GaleraCluster, Replication
-from tests.support import ServiceProcess, session_id, wait_until
 from tests.store.test_replicas import metric
+from tests.support import ServiceProcess, session_id, wait_until
 
 AUTH = {"Authorization": "Bearer secret"}
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.support import ServiceProcess, session_id, wait_until
 from tests.service.test_service_wire import (
     AUTH,
     _closed_with,
@@ -31,6 +30,7 @@ from tests.service.test_service_wire import (
     _until_closed,
     _write,
 )
+from tests.support import ServiceProcess, session_id, wait_until
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
 

@@ -108,7 +108,8 @@ def test_uvicorn_code_the_service_relies_on_is_unchanged(owner: type, name: str)
     assert now == recorded, (
         f"uvicorn {uvicorn.__version__} changed {owner.__name__}.{name} (source hash "
         f"{now}, recorded {recorded}). Re-check: {relied_on_by}. Then run "
-        "tests/service/test_service_wire*.py and record the new hash in tests/service/test_uvicorn_coupling.py."
+        "tests/service/test_service_wire*.py and record the new hash in "
+        "tests/service/test_uvicorn_coupling.py."
     )
 
 
