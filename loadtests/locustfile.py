@@ -45,7 +45,7 @@ inconsistencies: Counter[str] = Counter()
 checked: Counter[str] = Counter()
 
 
-@events.request.add_listener
+@events.request.add_listener  # type: ignore[untyped-decorator]  # locust's hooks are untyped
 def count_node(response: Any = None, exception: Any = None, **_: Any) -> None:
     headers = getattr(response, "headers", None)
     node = headers.get("X-Served-By") if headers else None
@@ -114,7 +114,13 @@ class ShopUser(ConsistentUser):
         for key, value in wanted.items():
             got = dict(state[key]) if key == "cart" else state.get(key)
             if got != value:
-                kind = "stale" if key == "views" and isinstance(got, int) and got < value else key
+                stale = (
+                    key == "views"
+                    and isinstance(got, int)
+                    and isinstance(value, int)
+                    and got < value
+                )
+                kind = "stale" if stale else key
                 self.inconsistent(resp, kind, f"{key} is {got!r}, expected {value!r}")
                 self.resync(state)
                 return
@@ -219,7 +225,7 @@ class BurstUser(ConsistentUser):
             self.counter = final
 
 
-@events.quitting.add_listener
+@events.quitting.add_listener  # type: ignore[untyped-decorator]
 def verdict(environment: Environment, **_: Any) -> None:
     stats = environment.stats.total if environment.stats else None
     missing = [n for n in EXPECTED_NODES if node_requests[n] == 0]

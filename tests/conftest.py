@@ -135,8 +135,10 @@ def service_factory(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
 
     def factory(db_url: str, **kwargs: object) -> ServiceProcess:
         service = ServiceProcess(
-            db_url=db_url, log_path=tmp_path / f"service-{len(started)}.log", **kwargs
-        )  # type: ignore[arg-type]
+            db_url=db_url,
+            log_path=tmp_path / f"service-{len(started)}.log",
+            **kwargs,  # type: ignore[arg-type]  # the factory passes ServiceProcess's own options
+        )
         started.append(service)
         return service.start()
 

@@ -19,9 +19,9 @@ from tests.balancer.conftest import (
     BackendProcess,
     Balancer,
     StartBalancer,
-    free_port,
     get,
 )
+from tests.support import free_port
 
 SCRIPT = Path(sys.executable).with_name("session-balancer")
 

@@ -49,8 +49,8 @@ def test_mariadb_restart_loses_no_committed_write(
             lambda: httpx.get(service.url + "/readyz", timeout=10).status_code == 200, 30
         ), "the service recovers by itself"
         for sid, value in committed.items():
-            record = client.read(sid)
-            assert record is not None and record.data == value
+            stored = client.read(sid)
+            assert stored is not None and stored.data == value
         sid = session_id()
         record = client.lock(sid)
         assert client.write(sid, b"after restart", 600, lock=record.lock).version == 1

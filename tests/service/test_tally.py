@@ -53,7 +53,7 @@ def test_request_tally_reaches_the_service_metrics_on_flush() -> None:
     from session_service import metrics
 
     def count() -> float:
-        return metrics.HTTP_REQUESTS.labels("/t/{sid}", "GET", "200")._value.get()
+        return float(metrics.HTTP_REQUESTS.labels("/t/{sid}", "GET", "200")._value.get())
 
     tally = RequestTally()
     before = count()

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import httpx
 import pytest
@@ -68,7 +69,7 @@ def services(
         for service in pair:
             if not wait_until(service.ready, 30):
                 raise RuntimeError(f"service on {service.url} did not become ready")
-            if not wait_until(lambda s=service: metric(s, "session_replica_healthy") == 1, 10):
+            if not wait_until(partial(_replica_healthy_is, service, 1), 10):
                 raise RuntimeError(f"service on {service.url} never found the replica healthy")
         yield pair[0], pair[1]
     finally:
@@ -106,6 +107,10 @@ def metric(service: ServiceProcess, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def _replica_healthy_is(service: ServiceProcess, value: float) -> bool:
+    return metric(service, "session_replica_healthy") == value
 
 
 def put(client: httpx.Client, sid: str, data: bytes, lock: str | None = None) -> httpx.Response:
@@ -182,7 +187,7 @@ def test_stopped_sql_thread_sends_reads_to_the_primary_without_stale_results(
             assert fallbacks >= 5  # "behind" or "no_healthy_replica", whichever came first
             # Once checked, every instance keeps lock-free reads off the stale replica.
             for service in (writer, reader):
-                assert wait_until(lambda s=service: metric(s, "session_replica_healthy") == 0, 5)
+                assert wait_until(partial(_replica_healthy_is, service, 0), 5)
             assert log.reads() == 0
             log = ReplicaLog(replication)
             for i in range(5):

@@ -109,7 +109,8 @@ def test_schema_is_created_when_the_database_appears_after_start(tmp_path: Path)
             sid = session_id()
             record = client.lock(sid)
             client.write(sid, b"after the database came", 60, lock=record.lock)
-            assert client.read(sid).data == b"after the database came"
+            stored = client.read(sid)
+            assert stored is not None and stored.data == b"after the database came"
     finally:
         service.stop()
         drop_database(name)
@@ -161,7 +162,9 @@ def _collation(database: str) -> str:
             "AND TABLE_NAME = 'sessions' AND COLUMN_NAME = 'namespace'",
             (database,),
         )
-        return str(cur.fetchone()[0])
+        row = cur.fetchone()
+        assert row is not None, "the sessions table has no namespace column"
+        return str(row[0])
 
 
 def test_migration_makes_namespaces_binary_and_tenants_isolated(schema_1_database: str) -> None:

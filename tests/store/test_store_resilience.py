@@ -52,7 +52,7 @@ def test_write_lost_after_commit_is_not_applied_twice(mariadb_store: SessionStor
     sid = session_id()
     mariadb_store.write(NS, sid, b"v1", 100)
     held = mariadb_store.lock(NS, sid, wait_ms=0, lease_ms=60_000)
-    fired = []
+    fired: list[str] = []
 
     def lose_connection_after_update(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.lstrip().upper().startswith("UPDATE") and not fired:
@@ -73,7 +73,7 @@ def test_write_lost_after_commit_is_not_applied_twice(mariadb_store: SessionStor
 def test_unlocked_write_lost_after_commit_bumps_version_once(mariadb_store: SessionStore) -> None:
     sid = session_id()
     mariadb_store.write(NS, sid, b"v1", 100)
-    fired = []
+    fired: list[str] = []
 
     def lose(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.lstrip().upper().startswith("INSERT") and not fired:
