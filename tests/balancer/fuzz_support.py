@@ -10,6 +10,10 @@ matches its framing exactly. Anything else is recorded as a violation and the ba
 connection is closed. Each request is attributed to the client connection it came from
 by the last element of X-Forwarded-For, which the balancer appends: every fuzz case
 connects from its own loopback address (127.x.y.z).
+
+Why one module of this length: the strict parser is written out in full on purpose (it
+must not share code or shortcuts with llhttp, which the balancer uses), and the
+recording backend and raw client exist only to feed it.
 """
 
 from __future__ import annotations

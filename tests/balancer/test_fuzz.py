@@ -26,6 +26,9 @@ between the warm-up and the end.
 
 FUZZ_CASES (default 10000) sets the number of cases. The cases are the same on every run
 (derandomized); FUZZ_SEED=N explores a different, still reproducible, set.
+
+Why one module of this length: the strategies that build a case and the oracle that
+judges it are two halves of one specification, read side by side.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ services read from the replica with a user that the primary's init script create
 here against MariaDB); every service waits for the health of what it needs, and the
 health-check commands pass against the real processes; published ports do not collide;
 paths agree across the Dockerfiles, php.ini, the FPM pool and nginx.conf.
+
+Why one module of this length: each check is short and independent, and all read the
+same compose file as Compose normalises it.
 """
 
 from __future__ import annotations

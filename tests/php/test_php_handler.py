@@ -4,6 +4,10 @@ Each PHP node gets the handler from auto_prepend_file=php_handler/prepend.php,
 configured by environment variables only (as a legacy application would), with
 session.use_strict_mode=1 and lazy_write=1. See conftest.py for the harness; any
 PHP warning, notice or deprecation fails the test.
+
+Why one module of this length: 27 short, independent tests of PHP's session contract,
+all on the one node-service-MariaDB harness of conftest.py; split, each file would repeat
+its fixtures.
 """
 
 from __future__ import annotations
