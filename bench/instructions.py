@@ -35,9 +35,9 @@ import pymysql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "bench" / "store_support"))
 
-from store import http_cycle  # noqa: E402
+from store_http import http_cycle  # noqa: E402
 
 from session_service.schema import migrate  # noqa: E402
 from session_service.settings import Settings  # noqa: E402

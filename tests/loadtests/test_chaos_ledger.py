@@ -1,4 +1,4 @@
-"""The ledger of ``make chaos`` (loadtests/chaos.py): answers and stored values are judged
+"""The ledger of ``make chaos`` (loadtests/chaos_ledger.py): answers and stored values are judged
 as lost, duplicated or consistent, with unknown outcomes accounted for."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from loadtests.chaos import User
+from loadtests.chaos_ledger import User
 
 
 @pytest.fixture
