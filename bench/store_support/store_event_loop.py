@@ -18,8 +18,6 @@ from store_harness import TTL, Result, incremented, sessions_for
 from session_service.settings import Settings
 from session_service.store import SessionStore
 
-AsyncCycle = Callable[[str], Any]
-
 
 def run_tasks(
     name: str,
