@@ -8,7 +8,7 @@
 (d) raw PyMySQL doing the classic PHP PDO handler transaction:
     BEGIN; SELECT ... FOR UPDATE; UPDATE (or INSERT); COMMIT   (threads)
 (e) the store's operations on one event loop, run by the service's own greenlet
-    executor over asyncmy (async_store.py), without HTTP
+    executor over asyncmy (executors.py, greenlet_bridge.py), without HTTP
 (f) the same operations run by SQLAlchemy's asyncio extension instead
     (create_async_engine on asyncmy, AsyncConnection.run_sync), without HTTP
 
