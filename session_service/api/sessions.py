@@ -12,6 +12,7 @@ answers it (404, 405 with Allow, ...).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -78,6 +79,17 @@ class Call:
     @property
     def msgpack(self) -> bool:
         return prefers_msgpack(self.accept, self.content_type)
+
+    async def departed(self) -> None:
+        """Return once the client has closed its connection (ASGI's `http.disconnect`,
+        which uvicorn's cycle and DirectCycle give when the connection is lost); a body
+        still coming is read and dropped. Watched by a lock request while it waits."""
+        try:
+            while (await self.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # cannot tell: treat the client as present
+            log.exception("watching a lock waiter's connection failed")
+            await asyncio.Event().wait()
 
 
 def _parse_query(query: str) -> dict[str, str]:
@@ -280,7 +292,7 @@ class SessionEndpoints:
         s = self.settings
         wait = self.query_int(call, "wait_ms", s.default_wait_ms, 0, s.max_wait_ms)
         lease = self.query_int(call, "lease_ms", s.default_lease_ms, 100, s.max_lease_ms)
-        record = await self.waiter.acquire(namespace, sid, wait, lease)
+        record = await self.waiter.acquire(namespace, sid, wait, lease, call.departed)
         return Reply.encoded(call, record_payload(record))
 
     async def write(self, call: Call, sid: str) -> Reply:
