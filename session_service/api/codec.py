@@ -19,6 +19,9 @@ from session_service.api.problems import ApiError
 
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 JSON_TYPE = "application/json"
+#: a request body is one flat map; a decoder refuses nesting past its own depth limit
+#: (Python's recursion limit for JSON, 1024 levels for msgpack)
+_TOO_DEEP = "body is not valid {}: nested too deeply (a request body is one flat map)"
 
 
 def prefers_msgpack(accept: str | None, content_type: str | None) -> bool:
@@ -54,14 +57,19 @@ def decode(content_type: str, body: bytes) -> dict[str, Any]:
     if kind in MSGPACK_TYPES:
         try:
             obj = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        except msgpack.StackError:
+            raise ApiError(400, "malformed_body", _TOO_DEEP.format("msgpack")) from None
         except Exception as error:  # msgpack raises several unrelated types
-            raise ApiError(400, "malformed_body", f"body is not valid msgpack: {error}") from None
+            reason = str(error) or type(error).__name__
+            raise ApiError(400, "malformed_body", f"body is not valid msgpack: {reason}") from None
         binary_data = True
     elif kind == JSON_TYPE or kind.endswith("+json"):
         try:
             obj = json.loads(body)
         except (ValueError, UnicodeDecodeError) as error:
             raise ApiError(400, "malformed_body", f"body is not valid JSON: {error}") from None
+        except RecursionError:  # "[[[[...": the decoder's depth guard, not a bug here
+            raise ApiError(400, "malformed_body", _TOO_DEEP.format("JSON")) from None
         binary_data = False
     elif not kind:
         raise ApiError(
