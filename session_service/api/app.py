@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
+from session_service import tokens
 from session_service.api import problems
 from session_service.api.auth import TokenAuth
 from session_service.api.background_gc import run_gc_forever
@@ -40,7 +41,7 @@ from session_service.api.tally import RequestTally
 from session_service.async_store import AsyncSessionStore
 from session_service.errors import StoreUnavailable
 from session_service.ids import SESSION_ID_PATTERN
-from session_service.settings import Settings, read_tokens
+from session_service.settings import Settings
 from session_service.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,9 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     """The service as an ASGI app: metrics around the lean /v1/sessions path around FastAPI."""
     settings = settings or Settings()
     auth = TokenAuth(
-        read_tokens(settings),
+        tokens.read_strictly(settings),
         disabled=settings.insecure_no_auth,
-        reload=lambda: read_tokens(settings),
+        reload=lambda: tokens.load(settings),
         watch=settings.tokens_file,
     )
     store = store or SessionStore(settings)
@@ -250,13 +251,13 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
 
     @app.post(
         "/v1/gc",
-        summary="Delete expired sessions now",
+        summary="Delete expired sessions of every namespace now (admin scope)",
         responses=_responses(
-            200, {"type": "object", "properties": {"deleted": {"type": "integer"}}}
+            200, {"type": "object", "properties": {"deleted": {"type": "integer"}}}, 403
         ),
     )
     async def collect(request: Request) -> Response:
-        auth.namespace(request.headers.get("authorization"))
+        auth.admin(request.headers.get("authorization"), "POST /v1/gc")
         deleted = await run_in_threadpool(store.gc)
         return encode(request, {"deleted": deleted})
 
@@ -277,7 +278,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
             return JSONResponse(
                 {"status": "unavailable", "reason": schema.problem}, status_code=503
             )
-        return JSONResponse({"status": "ready"})
+        return _token_readiness(auth)
 
     @app.get(
         "/metrics",
@@ -286,11 +287,29 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
     )
     async def prometheus_metrics() -> Response:
+        auth.refresh()  # the tokens metrics are current even when no request came
         tally.flush()  # this process's counts are exact in the answer
         return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
     _document_limits(app, settings)
     return LeanPath(endpoints, MetricsMiddleware(app), tally)
+
+
+def _token_readiness(auth: TokenAuth) -> JSONResponse:
+    """Ready, or ready but degraded by the tokens configuration (docs/api.md): a tokens
+    file with a refused line is served by its other lines, and every instance reads the
+    same file, so a 503 would take them all out of the balancer for one bad line (nginx
+    and HAProxy, too, keep serving when a reload fails, and report the failure). Not
+    ready when no token at all is accepted: then the instance can serve nobody."""
+    auth.refresh()
+    if not auth.disabled and auth.in_force == 0:
+        reason = auth.problem or "no token is configured"
+        return JSONResponse(
+            {"status": "unavailable", "reason": f"no token accepted: {reason}"}, status_code=503
+        )
+    if auth.problem is not None:
+        return JSONResponse({"status": "degraded", "reason": auth.problem})
+    return JSONResponse({"status": "ready"})
 
 
 def _document_limits(app: FastAPI, settings: Settings) -> None:
