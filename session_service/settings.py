@@ -63,8 +63,8 @@ class Settings(BaseSettings):
     http_server: str = Field(
         default="lean",
         description="lean: the service's own HTTP protocol on uvicorn's (a fast path for "
-        "/v1/sessions, the wire limits below); uvicorn: stock uvicorn serving the FastAPI "
-        "app (slower, only uvicorn's own limits), e.g. when a uvicorn upgrade fails "
+        "/v1/sessions, the wire limits below); uvicorn: stock uvicorn serving the same "
+        "ASGI app (slower, only uvicorn's own limits), e.g. when a uvicorn upgrade fails "
         "tests/service/test_uvicorn_coupling.py",
     )
     first_byte_timeout: float = Field(

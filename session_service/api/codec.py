@@ -101,29 +101,3 @@ def _as_bytes(value: Any, binary: bool) -> bytes:
         except (binascii.Error, ValueError):
             raise ApiError(422, "invalid_request", "data must be base64 in JSON bodies") from None
     raise ApiError(422, "invalid_request", "data must be bytes (msgpack bin, or base64 in JSON)")
-
-
-def int_field(
-    body: dict[str, Any], name: str, low: int, high: int, *, required: bool
-) -> int | None:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise ApiError(422, "invalid_request", f"{name} is required")
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # JSON has one number type: 1440.0 is the integer 1440
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(422, "invalid_request", f"{name} must be an integer")
-    if not low <= value <= high:
-        raise ApiError(422, "invalid_request", f"{name} must be between {low} and {high}")
-    return value
-
-
-def str_field(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ApiError(422, "invalid_request", f"{name} must be a string")
-    return value
