@@ -75,10 +75,12 @@ def test_the_checks_use_the_same_limits(lean: LeanPath) -> None:
     with pytest.raises(ApiError) as refused:
         lean.endpoints._write_body.read({"data": b"", "ttl": 778}.get)
     assert refused.value.status == 422 and refused.value.detail == "ttl must be between 1 and 777"
+    too_long: dict[str, Any] = {"wait_ms": "1235"}
     with pytest.raises(ApiError) as refused:
-        lean.endpoints._lock_query.read({"wait_ms": "1235"}.get)
+        lean.endpoints._lock_query.read(too_long.get)
     assert refused.value.detail == "wait_ms must be between 0 and 1234"
-    assert lean.endpoints._lock_query.read({}.get) == [5000, 30000]  # the defaults
+    none: dict[str, Any] = {}
+    assert lean.endpoints._lock_query.read(none.get) == [5000, 30000]  # the defaults
 
 
 @pytest.mark.parametrize(
