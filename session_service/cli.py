@@ -1,4 +1,4 @@
-"""`session-service serve|migrate|gc`: flags are generated from the Settings fields.
+"""`session-service serve|migrate|gc|check-tokens`: flags are generated from the Settings fields.
 
 Precedence: flag, then environment variable, then default. Every flag's help names
 its environment variable, so `--help` is the configuration reference.
@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from session_service import tokens
 from session_service.settings import Settings, env_name, read_tokens
 
 _SHORT = {"db_url": ["--db"], "db_replica_urls": ["--db-replica"]}
@@ -68,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(migrate, _DB_FLAGS)
     gc = commands.add_parser("gc", help="delete expired sessions once, then exit")
     _add_settings_flags(gc, [*_DB_FLAGS, "gc_batch"])
+    check = commands.add_parser(
+        "check-tokens",
+        help="validate a tokens file before putting it in place (exit 1 naming each bad line)",
+        description="Read FILE as the service reads --tokens-file and report every item it "
+        "would refuse, by line, without printing secrets. Exit 0 when the whole file is "
+        "valid, 1 otherwise. A running service applies the good lines of a changed file and "
+        "refuses the bad ones (docs/security.md).",
+    )
+    check.add_argument("file", metavar="FILE", help="the tokens file to check")
     return parser
 
 
@@ -85,8 +95,28 @@ def _fail(message: str) -> int:
     return 2
 
 
+def check_tokens(path: str) -> int:
+    """`session-service check-tokens FILE`: what the service would refuse in FILE."""
+    found = tokens.load(Settings(tokens="", tokens_file=path))
+    for problem in found.problems:
+        print(f"session-service: {problem}", file=sys.stderr)
+    if found.file_empty:
+        print(f"session-service: tokens file {path} has no tokens", file=sys.stderr)
+    if found.problems or found.file_empty:
+        return 1
+    namespaces = sorted({token.namespace for token in found.tokens.values()})
+    admins = sum(token.admin for token in found.tokens.values())
+    print(
+        f"{path}: {len(found.tokens)} tokens, namespaces {', '.join(namespaces)}; "
+        f"{admins} with the admin scope"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check-tokens":
+        return check_tokens(args.file)
     try:
         settings = load_settings(args)
         tokens = read_tokens(settings)

@@ -45,3 +45,17 @@ REPLICA_HEALTHY = Gauge(
     ["replica"],
     multiprocess_mode="livemin",
 )
+TOKENS_RELOAD_SUCCESSFUL = Gauge(
+    "session_tokens_last_reload_successful",
+    "1 when the last reading of the tokens (start, or the tokens file's last change) had "
+    "no problem, 0 when an item was refused or the file could not be applied",
+    multiprocess_mode="livemin",
+)
+TOKENS_RELOAD_SUCCESS_TIME = Gauge(
+    "session_tokens_last_reload_success_timestamp_seconds",
+    "Unix time of the last reading of the tokens without a problem",
+    multiprocess_mode="livemin",
+)
+TOKENS_IN_FORCE = Gauge(
+    "session_tokens_in_force", "bearer tokens accepted now", multiprocess_mode="livemin"
+)

@@ -12,8 +12,6 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from session_service.ids import check_namespaces
-
 MIB = 1024 * 1024
 #: MEDIUMBLOB holds 16 MiB - 1 bytes; a row must also fit MySQL's max_allowed_packet.
 HARD_MAX_DATA_BYTES = 16 * MIB - 1
@@ -65,8 +63,8 @@ class Settings(BaseSettings):
     http_server: str = Field(
         default="lean",
         description="lean: the service's own HTTP protocol on uvicorn's (a fast path for "
-        "/v1/sessions, the wire limits below); uvicorn: stock uvicorn serving the FastAPI "
-        "app (slower, only uvicorn's own limits), e.g. when a uvicorn upgrade fails "
+        "/v1/sessions, the wire limits below); uvicorn: stock uvicorn serving the same "
+        "ASGI app (slower, only uvicorn's own limits), e.g. when a uvicorn upgrade fails "
         "tests/service/test_uvicorn_coupling.py",
     )
     first_byte_timeout: float = Field(
@@ -84,7 +82,8 @@ class Settings(BaseSettings):
     )
     tokens: str = Field(
         default="",
-        description='bearer tokens, "namespace:secret,..."; a bare secret means namespace default',
+        description='bearer tokens, "namespace:secret,..."; a bare secret means namespace '
+        'default; "namespace+admin:secret" adds the admin scope (POST /v1/gc)',
     )
     tokens_file: str = Field(
         default="",
@@ -206,46 +205,22 @@ def split_urls(value: str) -> list[str]:
 
 
 def read_tokens(settings: Settings) -> dict[str, str]:
-    """Every configured token: --tokens plus the tokens file, if any."""
-    tokens = parse_tokens(settings.tokens, check=False)
-    if settings.tokens_file:
-        try:
-            with open(settings.tokens_file, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as error:
-            raise ValueError(f"cannot read tokens file {settings.tokens_file}: {error}") from None
-        from_file = parse_tokens(text.replace("\n", ","), check=False)
-        for secret, namespace in from_file.items():
-            if tokens.get(secret, namespace) != namespace:
-                raise ValueError("one secret is given for two namespaces")
-            tokens[secret] = namespace
-    check_namespaces(tokens.values())
-    return tokens
+    """Every configured token's namespace by secret (--tokens plus the tokens file);
+    ValueError naming every problem. The tokens themselves: session_service/tokens.py."""
+    from session_service.tokens import read_strictly
+
+    return {secret: token.namespace for secret, token in read_strictly(settings).items()}
 
 
-def parse_tokens(spec: str, *, check: bool = True) -> dict[str, str]:
-    """Map each secret to its namespace from "ns:secret,secret2,...".
+def parse_tokens(spec: str) -> dict[str, str]:
+    """Map each secret to its namespace from "ns:secret,ns+admin:secret2,secret3,...".
 
     Several secrets may name the same namespace, which is how a token is rotated
     without downtime: add the new one, move clients, remove the old one.
     """
-    tokens: dict[str, str] = {}
-    for raw in spec.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        namespace, sep, secret = item.partition(":")
-        if not sep:
-            namespace, secret = "default", item
-        namespace, secret = namespace.strip(), secret.strip()
-        if not secret:
-            raise ValueError(f"token for namespace {namespace!r} has an empty secret")
-        if secret in tokens and tokens[secret] != namespace:
-            raise ValueError("one secret is given for two namespaces")
-        tokens[secret] = namespace
-    if check:  # read_tokens checks the flag's and the file's namespaces together
-        check_namespaces(tokens.values())
-    return tokens
+    from session_service.tokens import collect, strict
+
+    return {secret: token.namespace for secret, token in strict(collect(spec, "tokens")).items()}
 
 
 def env_name(field: str) -> str:

@@ -1,8 +1,6 @@
-"""The FastAPI application: routes of docs/api.md over one SessionStore.
-
-Handlers take the raw Request and decode bodies themselves (msgpack or JSON), so
-the hot path pays for no validation model it does not need; the OpenAPI document
-still describes every body through `openapi_extra`.
+"""The service's ASGI app: the /v1 endpoints (contract.py, served by the lean path in
+sessions.py) in front of a small FastAPI app for health, readiness, metrics and the
+OpenAPI document, which is FastAPI's for its own routes plus the contract table's.
 """
 
 from __future__ import annotations
@@ -12,10 +10,11 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, Path, Query
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -24,14 +23,13 @@ from prometheus_client import (
     multiprocess,
 )
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
-from session_service.api import problems
+from session_service import tokens
+from session_service.api import contract, problems
 from session_service.api.auth import TokenAuth
 from session_service.api.background_gc import run_gc_forever
-from session_service.api.codec import encode
 from session_service.api.lockwait import LockWaiter
 from session_service.api.observability import MetricsMiddleware
 from session_service.api.schema_setup import SchemaSetup
@@ -39,82 +37,19 @@ from session_service.api.sessions import LeanPath, SessionEndpoints
 from session_service.api.tally import RequestTally
 from session_service.async_store import AsyncSessionStore
 from session_service.errors import StoreUnavailable
-from session_service.ids import SESSION_ID_PATTERN
-from session_service.settings import Settings, read_tokens
+from session_service.settings import Settings
 from session_service.store import SessionStore
 
 log = logging.getLogger(__name__)
-
-SessionId = Annotated[
-    str,
-    Path(
-        description="PHP session id, 22-256 characters of [A-Za-z0-9,-] (else 400)",
-        json_schema_extra={"pattern": SESSION_ID_PATTERN},
-    ),
-]
-
-_BYTES = {"type": "string", "format": "byte", "description": "base64 in JSON, bin in msgpack"}
-_RECORD = {
-    "type": "object",
-    "required": ["data", "version", "expires_at"],
-    "properties": {
-        "data": _BYTES,
-        "version": {"type": "integer"},
-        "expires_at": {"type": "integer"},
-        "lock": {"type": "string"},
-        "lease_expires_at_ms": {"type": "integer"},
-        "new": {"type": "boolean"},
-    },
-}
-_WRITE_RESULT = {
-    "type": "object",
-    "required": ["version", "expires_at"],
-    "properties": {"version": {"type": "integer"}, "expires_at": {"type": "integer"}},
-}
-_LOCK_TOKEN = {"type": "string", "pattern": "^[0-9a-fA-F]{32}$", "description": "fencing token"}
-#: null is accepted for an optional field and means "absent" (msgpack clients send nil)
-_OPTIONAL_LOCK_TOKEN = {**_LOCK_TOKEN, "type": ["string", "null"]}
-_ERROR = {
-    "type": "object",
-    "required": ["error", "detail"],
-    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-}
-
-
-def _body_doc(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    schema = {"type": "object", "required": required, "properties": properties}
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": schema},
-                "application/msgpack": {"schema": schema},
-            },
-        }
-    }
-
-
-def _responses(ok: int, schema: dict[str, Any] | None, *errors: int) -> dict[int | str, Any]:
-    out: dict[int | str, Any] = {
-        ok: {"description": "success"}
-        if schema is None
-        else {
-            "description": "success",
-            "content": {"application/json": {"schema": schema}, "application/msgpack": {}},
-        }
-    }
-    for status in (400, 401, 422, 503, *errors):
-        out[status] = {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
-    return out
 
 
 def create_app(settings: Settings | None = None, store: SessionStore | None = None) -> ASGIApp:
     """The service as an ASGI app: metrics around the lean /v1/sessions path around FastAPI."""
     settings = settings or Settings()
     auth = TokenAuth(
-        read_tokens(settings),
+        tokens.read_strictly(settings),
         disabled=settings.insecure_no_auth,
-        reload=lambda: read_tokens(settings),
+        reload=lambda: tokens.load(settings),
         watch=settings.tokens_file,
     )
     store = store or SessionStore(settings)
@@ -159,107 +94,6 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     )
     problems.install(app)
 
-    @app.get(
-        "/v1/sessions/{sid}",
-        summary="Read a session without locking",
-        responses=_responses(200, _RECORD, 404),
-    )
-    async def read_session(request: Request, sid: SessionId) -> Response:
-        return await endpoints.serve_request(request, sid, endpoints.read)
-
-    @app.head(
-        "/v1/sessions/{sid}",
-        summary="Does a live session exist?",
-        response_class=Response,
-        responses={
-            200: {"description": "a live session exists"},
-            404: {"description": "no live session with this id"},
-            400: {"description": "invalid session id"},
-            401: {"description": "missing or unknown token"},
-        },
-    )
-    async def session_exists(request: Request, sid: SessionId) -> Response:
-        return await endpoints.serve_request(request, sid, endpoints.exists)
-
-    @app.post(
-        "/v1/sessions/{sid}/lock",
-        summary="Lock and read (exclusive lease with a fencing token)",
-        responses=_responses(200, _RECORD, 423),
-    )
-    async def lock_session(
-        request: Request,
-        sid: SessionId,
-        wait_ms: Annotated[int | None, Query(description="ms to wait for the holder")] = None,
-        lease_ms: Annotated[int | None, Query(description="ms until the lease ends itself")] = None,
-    ) -> Response:
-        return await endpoints.serve_request(request, sid, endpoints.lock)
-
-    @app.put(
-        "/v1/sessions/{sid}",
-        summary="Write (fenced by lock, compare-and-set by if_version, or last write wins)",
-        openapi_extra=_body_doc(
-            {
-                "data": _BYTES,
-                "ttl": {"type": "integer", "minimum": 1, "maximum": settings.max_ttl},
-                "lock": _OPTIONAL_LOCK_TOKEN,
-                "if_version": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**62},
-            },
-            ["data", "ttl"],
-        ),
-        responses=_responses(200, _WRITE_RESULT, 409, 412, 413, 415, 423),
-    )
-    async def write_session(request: Request, sid: SessionId) -> Response:
-        return await endpoints.serve_request(request, sid, endpoints.write)
-
-    @app.post(
-        "/v1/sessions/{sid}/touch",
-        summary="Extend expiry (and release the lock)",
-        openapi_extra=_body_doc(
-            {
-                "ttl": {"type": "integer", "minimum": 1, "maximum": settings.max_ttl},
-                "lock": _OPTIONAL_LOCK_TOKEN,
-            },
-            ["ttl"],
-        ),
-        responses=_responses(200, _WRITE_RESULT, 404, 409, 415),
-    )
-    async def touch_session(request: Request, sid: SessionId) -> Response:
-        return await endpoints.serve_request(request, sid, endpoints.touch)
-
-    @app.delete(
-        "/v1/sessions/{sid}/lock",
-        summary="Release the lock without writing",
-        status_code=204,
-        responses=_responses(204, None, 409),
-    )
-    async def release_lock(
-        request: Request,
-        sid: SessionId,
-        lock: Annotated[str, Query(description="the fencing token from lock")],
-    ) -> Response:
-        return await endpoints.serve_request(request, sid, endpoints.release)
-
-    @app.delete(
-        "/v1/sessions/{sid}",
-        summary="Destroy the session",
-        status_code=204,
-        responses=_responses(204, None),
-    )
-    async def destroy_session(request: Request, sid: SessionId) -> Response:
-        return await endpoints.serve_request(request, sid, endpoints.destroy)
-
-    @app.post(
-        "/v1/gc",
-        summary="Delete expired sessions now",
-        responses=_responses(
-            200, {"type": "object", "properties": {"deleted": {"type": "integer"}}}
-        ),
-    )
-    async def collect(request: Request) -> Response:
-        auth.namespace(request.headers.get("authorization"))
-        deleted = await run_in_threadpool(store.gc)
-        return encode(request, {"deleted": deleted})
-
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -277,7 +111,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
             return JSONResponse(
                 {"status": "unavailable", "reason": schema.problem}, status_code=503
             )
-        return JSONResponse({"status": "ready"})
+        return _token_readiness(auth)
 
     @app.get(
         "/metrics",
@@ -286,35 +120,46 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
     )
     async def prometheus_metrics() -> Response:
+        auth.refresh()  # the tokens metrics are current even when no request came
         tally.flush()  # this process's counts are exact in the answer
         return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
-    _document_limits(app, settings)
+    _document_contract(app, settings)
     return LeanPath(endpoints, MetricsMiddleware(app), tally)
 
 
-def _document_limits(app: FastAPI, settings: Settings) -> None:
-    """Put this instance's limits into its OpenAPI document, so generated clients and
-    property-based tests know the accepted ranges without guessing."""
-    limits = {
-        "wait_ms": {"minimum": 0, "maximum": settings.max_wait_ms},
-        "lease_ms": {"minimum": 100, "maximum": settings.max_lease_ms},
-        "lock": {"pattern": _LOCK_TOKEN["pattern"]},
-    }
-    build = app.openapi
+def _token_readiness(auth: TokenAuth) -> JSONResponse:
+    """Ready, or ready but degraded by the tokens configuration (docs/api.md): a tokens
+    file with a refused line is served by its other lines, and every instance reads the
+    same file, so a 503 would take them all out of the balancer for one bad line (nginx
+    and HAProxy, too, keep serving when a reload fails, and report the failure). Not
+    ready when no token at all is accepted: then the instance can serve nobody."""
+    auth.refresh()
+    if not auth.disabled and auth.in_force == 0:
+        reason = auth.problem or "no token is configured"
+        return JSONResponse(
+            {"status": "unavailable", "reason": f"no token accepted: {reason}"}, status_code=503
+        )
+    if auth.problem is not None:
+        return JSONResponse({"status": "degraded", "reason": auth.problem})
+    return JSONResponse({"status": "ready"})
+
+
+def _document_contract(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI document: FastAPI's for its own routes, plus the /v1 endpoints from the
+    contract table with this instance's limits, and the bearer security scheme. Built on
+    the first request for it."""
 
     def openapi() -> dict[str, Any]:
-        schema = build()
-        for path in schema.get("paths", {}).values():
-            for operation in path.values():
-                for parameter in operation.get("parameters", []):
-                    extra = limits.get(parameter.get("name", ""))
-                    if extra and parameter.get("in") == "query":
-                        target = parameter["schema"]
-                        for option in target.get("anyOf", [target]):
-                            if option.get("type") in ("integer", "string"):
-                                option.update(extra)
-        return schema
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            document["paths"] = {**contract.openapi_paths(settings), **document["paths"]}
+            components = document.setdefault("components", {})
+            components["securitySchemes"] = contract.SECURITY_SCHEMES
+            app.openapi_schema = document
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 

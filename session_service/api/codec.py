@@ -19,6 +19,9 @@ from session_service.api.problems import ApiError
 
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 JSON_TYPE = "application/json"
+#: a request body is one flat map; a decoder refuses nesting past its own depth limit
+#: (Python's recursion limit for JSON, 1024 levels for msgpack)
+_TOO_DEEP = "body is not valid {}: nested too deeply (a request body is one flat map)"
 
 
 def prefers_msgpack(accept: str | None, content_type: str | None) -> bool:
@@ -54,14 +57,19 @@ def decode(content_type: str, body: bytes) -> dict[str, Any]:
     if kind in MSGPACK_TYPES:
         try:
             obj = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        except msgpack.StackError:
+            raise ApiError(400, "malformed_body", _TOO_DEEP.format("msgpack")) from None
         except Exception as error:  # msgpack raises several unrelated types
-            raise ApiError(400, "malformed_body", f"body is not valid msgpack: {error}") from None
+            reason = str(error) or type(error).__name__
+            raise ApiError(400, "malformed_body", f"body is not valid msgpack: {reason}") from None
         binary_data = True
     elif kind == JSON_TYPE or kind.endswith("+json"):
         try:
             obj = json.loads(body)
         except (ValueError, UnicodeDecodeError) as error:
             raise ApiError(400, "malformed_body", f"body is not valid JSON: {error}") from None
+        except RecursionError:  # "[[[[...": the decoder's depth guard, not a bug here
+            raise ApiError(400, "malformed_body", _TOO_DEEP.format("JSON")) from None
         binary_data = False
     elif not kind:
         raise ApiError(
@@ -93,29 +101,3 @@ def _as_bytes(value: Any, binary: bool) -> bytes:
         except (binascii.Error, ValueError):
             raise ApiError(422, "invalid_request", "data must be base64 in JSON bodies") from None
     raise ApiError(422, "invalid_request", "data must be bytes (msgpack bin, or base64 in JSON)")
-
-
-def int_field(
-    body: dict[str, Any], name: str, low: int, high: int, *, required: bool
-) -> int | None:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise ApiError(422, "invalid_request", f"{name} is required")
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # JSON has one number type: 1440.0 is the integer 1440
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(422, "invalid_request", f"{name} must be an integer")
-    if not low <= value <= high:
-        raise ApiError(422, "invalid_request", f"{name} must be between {low} and {high}")
-    return value
-
-
-def str_field(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ApiError(422, "invalid_request", f"{name} must be a string")
-    return value

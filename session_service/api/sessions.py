@@ -1,29 +1,30 @@
-"""The /v1/sessions endpoints, and the lean path that serves them.
+"""The /v1 endpoints, and the lean path that serves them.
 
-Each endpoint is one method here. The FastAPI app registers them as routes (that
-is where the OpenAPI document comes from), but requests for `/v1/sessions/...`
-are served by `LeanPath` straight from the ASGI scope: no routing table, no
-dependency solving, no middleware stack, no Request/Response objects, and the
-metrics recorded inline. On a lock + write cycle that machinery cost more CPU than
-the database work (measured with /proc CPU counters, see docs/design.md "Hot
-path"). Anything the lean path does not recognise goes on to FastAPI, which
-answers it (404, 405 with Allow, ...).
+Each endpoint is one method here, named by the contract table (contract.py), which
+also gives the routes, the fields each endpoint reads and the OpenAPI document.
+Requests for `/v1/...` are served by `LeanPath` straight from the ASGI scope: no
+routing table walk, no dependency solving, no middleware stack, no Request/Response
+objects, and the metrics recorded inline. On a lock + write cycle that machinery
+cost more CPU than the database work (measured with /proc CPU counters, see
+docs/design.md "Hot path"). Anything else goes on to FastAPI (health, readiness,
+metrics, the OpenAPI document, 404s).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from session_service.api.auth import TokenAuth
-from session_service.api.codec import decode, encode_body, int_field, prefers_msgpack, str_field
+from session_service.api.codec import decode, encode_body, prefers_msgpack
+from session_service.api.contract import ROUTES, SESSION, Reader
 from session_service.api.lockwait import LockWaiter
 from session_service.api.problems import ApiError, from_store_error
 from session_service.api.tally import RequestTally
@@ -35,11 +36,6 @@ from session_service.store import SessionRecord
 
 log = logging.getLogger(__name__)
 PREFIX = "/v1/sessions/"
-
-#: route templates, as the metrics label them
-SESSION = "/v1/sessions/{sid}"
-LOCK = "/v1/sessions/{sid}/lock"
-TOUCH = "/v1/sessions/{sid}/touch"
 
 
 class Call:
@@ -78,6 +74,17 @@ class Call:
     @property
     def msgpack(self) -> bool:
         return prefers_msgpack(self.accept, self.content_type)
+
+    async def departed(self) -> None:
+        """Return once the client has closed its connection (ASGI's `http.disconnect`,
+        which uvicorn's cycle and DirectCycle give when the connection is lost); a body
+        still coming is read and dropped. Watched by a lock request while it waits."""
+        try:
+            while (await self.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # cannot tell: treat the client as present
+            log.exception("watching a lock waiter's connection failed")
+            await asyncio.Event().wait()
 
 
 def _parse_query(query: str) -> dict[str, str]:
@@ -153,12 +160,6 @@ class Reply:
         )
         await send({"type": "http.response.body", "body": self.body})
 
-    def response(self) -> Response:
-        """The same reply as a Starlette response (for the FastAPI routes)."""
-        return Response(
-            self.body, status_code=self.status, media_type=self.media_type, headers=self.headers
-        )
-
 
 def record_payload(record: SessionRecord) -> dict[str, Any]:
     payload: dict[str, Any] = {
@@ -177,6 +178,8 @@ Endpoint = Callable[[Call, str], Awaitable[Reply]]
 
 
 class SessionEndpoints:
+    """The /v1 endpoints, routed and validated as contract.ROUTES declares them."""
+
     def __init__(
         self, settings: Settings, auth: TokenAuth, sessions: AsyncSessionStore, waiter: LockWaiter
     ) -> None:
@@ -186,15 +189,41 @@ class SessionEndpoints:
         self.waiter = waiter
         self.body_limit = settings.max_data_bytes * 4 // 3 + 4096  # base64 plus the other fields
         #: (what follows the id, method) -> (endpoint, route template for metrics)
-        self.routes: dict[tuple[str, str], tuple[Endpoint, str]] = {
-            ("", "GET"): (self.read, SESSION),
-            ("", "HEAD"): (self.exists, SESSION),
-            ("", "PUT"): (self.write, SESSION),
-            ("", "DELETE"): (self.destroy, SESSION),
-            ("lock", "POST"): (self.lock, LOCK),
-            ("lock", "DELETE"): (self.release, LOCK),
-            ("touch", "POST"): (self.touch, TOUCH),
-        }
+        self.routes: dict[tuple[str, str], tuple[Endpoint, str]] = {}
+        #: the other /v1 paths: path -> method -> (endpoint, route template)
+        self.paths: dict[str, dict[str, tuple[Endpoint, str]]] = {}
+        #: what follows the id, or a path -> the Allow header of its 405, its template
+        self.allow: dict[str, str] = {}
+        self.templates: dict[str, str] = {}
+        readers: dict[str, tuple[Reader, Reader]] = {}
+        for route in ROUTES:
+            endpoint: Endpoint = getattr(self, route.handler)
+            if route.path.startswith(SESSION):
+                key = route.path[len(SESSION) + 1 :]
+                self.routes[(key, route.method)] = (endpoint, route.path)
+            else:
+                key = route.path
+                self.paths.setdefault(key, {})[route.method] = (endpoint, route.path)
+            methods = {*self.allow.get(key, "").split(", "), route.method} - {""}
+            self.allow[key] = ", ".join(sorted(methods))
+            self.templates[key] = route.path
+            readers[route.handler] = (
+                Reader(route.body, settings, query=False),
+                Reader(route.query, settings, query=True),
+            )
+        self._write_body = readers["write"][0]
+        self._touch_body = readers["touch"][0]
+        self._lock_query = readers["lock"][1]
+        self._release_query = readers["release"][1]
+
+    def not_allowed(self, key: str) -> Endpoint:
+        """An endpoint answering 405 with the methods `key`'s route has."""
+        allow = self.allow[key]
+
+        async def refuse(call: Call, sid: str) -> Reply:
+            raise ApiError(405, "method_not_allowed", "Method Not Allowed", {"Allow": allow})
+
+        return refuse
 
     async def serve(self, call: Call, endpoint: Endpoint, sid: str, route: str) -> Reply:
         """Run one endpoint; every failure becomes an error reply, never an exception."""
@@ -207,11 +236,6 @@ class SessionEndpoints:
         except Exception:
             log.exception("unexpected error on %s %s", call.method, route)
             return Reply.problem(call, ApiError(500, "internal", "internal error; see the log"))
-
-    async def serve_request(self, request: Request, sid: str, endpoint: Endpoint) -> Response:
-        """For the FastAPI routes (normally unreached: the lean path answers first)."""
-        call = Call(request.scope, request.receive)
-        return (await self.serve(call, endpoint, sid, request.url.path)).response()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -246,21 +270,6 @@ class SessionEndpoints:
                 break
         return decode(call.content_type or "", chunks)
 
-    @staticmethod
-    def query_int(call: Call, name: str, default: int, low: int, high: int) -> int:
-        raw = call.query(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ApiError(
-                422, "invalid_request", f"query.{name}: Input should be a valid integer"
-            ) from None
-        if not low <= value <= high:
-            raise ApiError(422, "invalid_request", f"{name} must be between {low} and {high}")
-        return value
-
     # -- the endpoints -------------------------------------------------------------------
 
     async def read(self, call: Call, sid: str) -> Reply:
@@ -277,22 +286,13 @@ class SessionEndpoints:
 
     async def lock(self, call: Call, sid: str) -> Reply:
         namespace = self.authorize(call, sid)
-        s = self.settings
-        wait = self.query_int(call, "wait_ms", s.default_wait_ms, 0, s.max_wait_ms)
-        lease = self.query_int(call, "lease_ms", s.default_lease_ms, 100, s.max_lease_ms)
-        record = await self.waiter.acquire(namespace, sid, wait, lease)
+        wait, lease = self._lock_query.read(call.query)
+        record = await self.waiter.acquire(namespace, sid, wait, lease, call.departed)
         return Reply.encoded(call, record_payload(record))
 
     async def write(self, call: Call, sid: str) -> Reply:
         namespace = self.authorize(call, sid)
-        body = await self.read_body(call)
-        data = body.get("data")
-        if not isinstance(data, bytes):
-            raise ApiError(422, "invalid_request", "data is required")
-        ttl = int_field(body, "ttl", 1, self.settings.max_ttl, required=True)
-        assert ttl is not None
-        lock = str_field(body, "lock")
-        if_version = int_field(body, "if_version", 0, 2**62, required=False)
+        data, ttl, lock, if_version = self._write_body.read((await self.read_body(call)).get)
         result = await self.sessions.write(
             namespace, sid, data, ttl, lock=lock, if_version=if_version
         )
@@ -302,10 +302,7 @@ class SessionEndpoints:
 
     async def touch(self, call: Call, sid: str) -> Reply:
         namespace = self.authorize(call, sid)
-        body = await self.read_body(call)
-        ttl = int_field(body, "ttl", 1, self.settings.max_ttl, required=True)
-        assert ttl is not None
-        lock = str_field(body, "lock")
+        ttl, lock = self._touch_body.read((await self.read_body(call)).get)
         try:
             result = await self.sessions.touch(namespace, sid, ttl, lock=lock)
         finally:
@@ -315,9 +312,7 @@ class SessionEndpoints:
 
     async def release(self, call: Call, sid: str) -> Reply:
         namespace = self.authorize(call, sid)
-        lock = call.query("lock")
-        if lock is None:
-            raise ApiError(422, "invalid_request", "query.lock: Field required")
+        (lock,) = self._release_query.read(call.query)
         await self.sessions.release(namespace, sid, lock)
         self.waiter.notify(namespace, sid)
         return Reply(204)
@@ -328,9 +323,15 @@ class SessionEndpoints:
         self.waiter.notify(namespace, sid)
         return Reply(204)
 
+    async def gc(self, call: Call, _sid: str) -> Reply:
+        """Expired sessions of every namespace: hence the admin scope."""
+        self.auth.admin(call.authorization, "POST /v1/gc")
+        deleted = await run_in_threadpool(self.sessions.store.gc)
+        return Reply.encoded(call, {"deleted": deleted})
+
 
 class LeanPath:
-    """ASGI app: /v1/sessions requests to the endpoints directly, the rest to `fallback`
+    """ASGI app: /v1 requests to the endpoints directly, the rest to `fallback`
     (FastAPI inside the metrics middleware). Records the same metrics as that middleware,
     counted in `tally` (tally.py) and added to Prometheus in bulk.
 
@@ -345,12 +346,22 @@ class LeanPath:
         self.tally = tally or RequestTally()
 
     def route(self, path: str, method: str) -> tuple[str, Endpoint, str] | None:
-        """(session id, endpoint, route template) for a /v1/sessions request, else None."""
+        """(session id, endpoint, route template) for a /v1 request, else None (a path
+        of no route: FastAPI answers it). A method the path has not is answered 405."""
+        endpoints = self.endpoints
         if not path.startswith(PREFIX):
-            return None
+            methods = endpoints.paths.get(path)
+            if methods is None:
+                return None
+            found = methods.get(method)
+            if found is None:
+                return "", endpoints.not_allowed(path), path
+            return "", found[0], found[1]
         sid, _, action = path[len(PREFIX) :].partition("/")
-        found = self.endpoints.routes.get((action, method))
+        found = endpoints.routes.get((action, method))
         if found is None or not sid:
+            if sid and action in endpoints.allow:
+                return sid, endpoints.not_allowed(action), endpoints.templates[action]
             return None
         return sid, found[0], found[1]
 

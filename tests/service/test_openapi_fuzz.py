@@ -19,7 +19,7 @@ from tests.support import ROOT, ServiceProcess
 
 CONFIG = """
 [checks.positive_data_acceptance]
-expected-statuses = ["2xx", "401", "404", "409", "412", "423"]
+expected-statuses = ["2xx", "401", "403", "404", "409", "412", "423"]
 """
 
 

@@ -115,6 +115,7 @@ def test_no_raw_session_id_in_service_logs(
 ) -> None:
     service = service_factory(
         f"sqlite:///{tmp_path / 's.db'}",
+        tokens="default+admin:secret",  # admin: it runs gc too
         extra_args=["--log-level", "debug", "--max-data-bytes", "100"],
     )
     used = [session_id() for _ in range(6)]
@@ -153,14 +154,17 @@ def test_the_end_of_run_log_check_recognises_raw_ids() -> None:
 def test_a_tokens_file_found_empty_is_not_applied(tmp_path: Path) -> None:
     """Read between an editor's truncate and its write, the file is empty: the tokens in
     use stay (an empty set would turn every client away) until it has tokens again."""
+    from session_service import tokens
     from session_service.api.auth import TokenAuth
     from session_service.api.problems import ApiError
-    from session_service.settings import Settings, read_tokens
+    from session_service.settings import Settings
 
     path = tmp_path / "tokens"
     path.write_text("app:old-secret\n")
     settings = Settings(tokens_file=str(path))
-    auth = TokenAuth(read_tokens(settings), reload=lambda: read_tokens(settings), watch=str(path))
+    auth = TokenAuth(
+        tokens.read_strictly(settings), reload=lambda: tokens.load(settings), watch=str(path)
+    )
     assert auth.namespace("Bearer old-secret") == "app"
 
     path.write_text("")

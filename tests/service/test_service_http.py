@@ -30,7 +30,10 @@ def service(
     else:
         url = request.getfixturevalue("mariadb_url")
     process = ServiceProcess(
-        db_url=url, extra_args=["--max-data-bytes", "4096"], log_path=base / "service.log"
+        db_url=url,
+        tokens="default:secret,other:othersecret,default+admin:adminsecret",
+        extra_args=["--max-data-bytes", "4096"],
+        log_path=base / "service.log",
     ).start()
     yield process
     process.stop()
@@ -213,14 +216,15 @@ def test_full_php_style_cycle(client: SessionClient) -> None:
     assert client.read(sid) is None and not client.exists(sid)
 
 
-def test_expiry_and_gc(client: SessionClient, http: httpx.Client) -> None:
+def test_expiry_and_gc(client: SessionClient, http: httpx.Client, service: ServiceProcess) -> None:
     sid = session_id()
     client.write(sid, b"short-lived", 1)
     assert client.read(sid) is not None
     time.sleep(2.1)
     assert client.read(sid) is None, "expired reads as absent before gc"
     assert http.head(f"/v1/sessions/{sid}", headers=TOKEN).status_code == 404
-    assert client.gc() >= 1
+    with SessionClient(service.url, "adminsecret") as admin:
+        assert admin.gc() >= 1
     assert http.post("/v1/gc").status_code == 401
 
 
